@@ -1,0 +1,70 @@
+//! The Redis pub/sub envelope.
+//!
+//! The worker publishes every stored message on the Redis channel `<prefix><channel>`
+//! (default prefix `chat:msg:`). The payload is the stored message JSON of the wire contract,
+//! plus an optional `traceparent` field carrying the W3C trace context of the record that
+//! produced it, so the ws-server can link its delivery span to the producer's trace.
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::ChannelName;
+use crate::message::StoredMessage;
+
+/// Default prefix of the Redis pub/sub channels.
+pub const DEFAULT_REDIS_PREFIX: &str = "chat:msg:";
+
+/// What travels on Redis pub/sub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(flatten)]
+    pub message: StoredMessage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope always serializes")
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
+/// The Redis pub/sub channel of a chat channel.
+pub fn redis_channel(prefix: &str, channel: &ChannelName) -> String {
+    format!("{prefix}{channel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{db_time, MessageId};
+
+    #[test]
+    fn envelope_is_the_stored_message_json_plus_traceparent() {
+        let now = db_time(chrono::Utc::now());
+        let message = StoredMessage {
+            channel: ChannelName::parse("#kerno-challenge").unwrap(),
+            seq: 7,
+            id: MessageId::new_random(),
+            author: "alice".into(),
+            text: "hi".into(),
+            sent_at: now,
+            stored_at: now,
+        };
+        let envelope = Envelope {
+            message: message.clone(),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        };
+        let bytes = envelope.encode();
+        let as_message: StoredMessage = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(as_message, message);
+        assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+        assert_eq!(
+            redis_channel(DEFAULT_REDIS_PREFIX, &message.channel),
+            "chat:msg:#kerno-challenge"
+        );
+    }
+}

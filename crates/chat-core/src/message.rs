@@ -1,0 +1,329 @@
+//! Messages: the Kafka input contract, its validation, and the stored form.
+//!
+//! Input limits (a violation dead-letters the record, see [`RejectReason`]):
+//! - the record value is at most [`MAX_RECORD_BYTES`] bytes of JSON object;
+//! - `channel` is a valid [`ChannelName`] and equals the record key when a key is set;
+//! - `author` is 1 to [`MAX_AUTHOR_CHARS`] characters with no control characters;
+//! - `text` is 1 to [`MAX_TEXT_CHARS`] characters;
+//! - `id`, when present, is a UUID; `sent_at`, when present, is RFC 3339.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::channel::ChannelName;
+
+/// Largest accepted Kafka record value, in bytes.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Longest accepted author name, in characters.
+pub const MAX_AUTHOR_CHARS: usize = 64;
+/// Longest accepted message text, in characters.
+pub const MAX_TEXT_CHARS: usize = 4000;
+
+/// Namespace of the UUIDv5 ids derived from a record's Kafka coordinates.
+const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b65_726e_6f2d_6368_6174_2d73_7472_6561);
+
+/// A message's identity. Producer-supplied, or derived from the record's Kafka coordinates so
+/// that a redelivered record maps to the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(pub Uuid);
+
+impl MessageId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Deterministic id for a record that carries none: UUIDv5 of `topic/partition/offset`.
+    pub fn derived(topic: &str, partition: i32, offset: i64) -> Self {
+        let name = format!("{topic}/{partition}/{offset}");
+        Self(Uuid::new_v5(&DERIVED_ID_NAMESPACE, name.as_bytes()))
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where a record came from; used to derive its id and its fallback `sent_at`.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordOrigin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's Kafka timestamp, if it has one.
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+/// The JSON a producer writes, before validation.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct IncomingMessage {
+    pub channel: Option<String>,
+    pub author: Option<String>,
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
+}
+
+/// A validated message, ready to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub channel: ChannelName,
+    pub author: String,
+    pub text: String,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// A message as stored in PostgreSQL and delivered to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct StoredMessage {
+    #[sqlx(try_from = "String")]
+    pub channel: ChannelName,
+    pub seq: i64,
+    #[sqlx(try_from = "Uuid")]
+    pub id: MessageId,
+    pub author: String,
+    pub text: String,
+    pub sent_at: DateTime<Utc>,
+    pub stored_at: DateTime<Utc>,
+}
+
+impl TryFrom<String> for ChannelName {
+    type Error = crate::channel::ChannelNameError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        ChannelName::parse(&raw)
+    }
+}
+
+impl From<Uuid> for MessageId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+/// Why a record was dead-lettered. [`RejectReason::code`] is the stable value of the
+/// `dlq.reason` header; the `Display` text is the human explanation in `dlq.detail`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    #[error("record value is {0} bytes, more than the {MAX_RECORD_BYTES} allowed")]
+    TooLarge(usize),
+    #[error("record value is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("field has the wrong type: {0}")]
+    InvalidField(String),
+    #[error("required field `{0}` is missing")]
+    MissingField(&'static str),
+    #[error("invalid channel: {0}")]
+    InvalidChannel(String),
+    #[error("record key {key:?} differs from channel {channel:?}")]
+    KeyMismatch { key: String, channel: String },
+    #[error("author must be 1 to {MAX_AUTHOR_CHARS} characters without control characters")]
+    InvalidAuthor,
+    #[error("text must be 1 to {MAX_TEXT_CHARS} characters")]
+    InvalidText,
+    #[error("id is not a UUID: {0:?}")]
+    InvalidId(String),
+    #[error("sent_at is not an RFC 3339 timestamp: {0:?}")]
+    InvalidSentAt(String),
+}
+
+impl RejectReason {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectReason::TooLarge(_) => "too_large",
+            RejectReason::NotJson(_) => "not_json",
+            RejectReason::InvalidField(_) => "invalid_field",
+            RejectReason::MissingField(_) => "missing_field",
+            RejectReason::InvalidChannel(_) => "invalid_channel",
+            RejectReason::KeyMismatch { .. } => "key_mismatch",
+            RejectReason::InvalidAuthor => "invalid_author",
+            RejectReason::InvalidText => "invalid_text",
+            RejectReason::InvalidId(_) => "invalid_id",
+            RejectReason::InvalidSentAt(_) => "invalid_sent_at",
+        }
+    }
+}
+
+/// PostgreSQL keeps microseconds; truncating up front makes a message read back from the
+/// database equal, to the byte, to the one published right after the insert.
+pub fn db_time(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.trunc_subsecs(6)
+}
+
+/// Checks an author name against the documented limits.
+pub fn validate_author(author: &str) -> Result<(), RejectReason> {
+    let chars = author.chars().count();
+    if chars == 0 || chars > MAX_AUTHOR_CHARS || author.chars().any(char::is_control) {
+        return Err(RejectReason::InvalidAuthor);
+    }
+    Ok(())
+}
+
+/// Checks a message text against the documented limits.
+pub fn validate_text(text: &str) -> Result<(), RejectReason> {
+    let chars = text.chars().count();
+    if chars == 0 || chars > MAX_TEXT_CHARS {
+        return Err(RejectReason::InvalidText);
+    }
+    Ok(())
+}
+
+impl NewMessage {
+    /// Parses and validates one Kafka record.
+    pub fn from_record(
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        origin: RecordOrigin<'_>,
+    ) -> Result<Self, RejectReason> {
+        let value = value.unwrap_or_default();
+        if value.len() > MAX_RECORD_BYTES {
+            return Err(RejectReason::TooLarge(value.len()));
+        }
+        let raw: IncomingMessage = serde_json::from_slice(value).map_err(|err| {
+            if err.is_data() {
+                RejectReason::InvalidField(err.to_string())
+            } else {
+                RejectReason::NotJson(err.to_string())
+            }
+        })?;
+
+        let channel_raw = raw.channel.ok_or(RejectReason::MissingField("channel"))?;
+        let author = raw.author.ok_or(RejectReason::MissingField("author"))?;
+        let text = raw.text.ok_or(RejectReason::MissingField("text"))?;
+
+        let channel = ChannelName::parse(&channel_raw)
+            .map_err(|err| RejectReason::InvalidChannel(err.to_string()))?;
+        if let Some(key) = key {
+            if key != channel.as_str().as_bytes() {
+                return Err(RejectReason::KeyMismatch {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    channel: channel_raw,
+                });
+            }
+        }
+        validate_author(&author)?;
+        validate_text(&text)?;
+
+        let id = match raw.id {
+            Some(id) => MessageId(Uuid::parse_str(&id).map_err(|_| RejectReason::InvalidId(id))?),
+            None => MessageId::derived(origin.topic, origin.partition, origin.offset),
+        };
+        let sent_at = match raw.sent_at {
+            Some(at) => DateTime::parse_from_rfc3339(&at)
+                .map_err(|_| RejectReason::InvalidSentAt(at))?
+                .with_timezone(&Utc),
+            None => origin.timestamp.unwrap_or_else(Utc::now),
+        };
+
+        Ok(NewMessage {
+            id,
+            channel,
+            author,
+            text,
+            sent_at: db_time(sent_at),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> RecordOrigin<'static> {
+        RecordOrigin {
+            topic: "chat.messages",
+            partition: 3,
+            offset: 42,
+            timestamp: None,
+        }
+    }
+
+    fn parse(key: Option<&str>, value: &str) -> Result<NewMessage, RejectReason> {
+        NewMessage::from_record(key.map(str::as_bytes), Some(value.as_bytes()), origin())
+    }
+
+    #[test]
+    fn a_valid_record_without_id_gets_the_same_derived_id_every_time() {
+        let json = r##"{"channel":"#kerno-challenge","author":"alice","text":"hello"}"##;
+        let first = parse(Some("#kerno-challenge"), json).unwrap();
+        let again = parse(Some("#kerno-challenge"), json).unwrap();
+        assert_eq!(first.id, again.id);
+        assert_eq!(first.id, MessageId::derived("chat.messages", 3, 42));
+        assert_ne!(first.id, MessageId::derived("chat.messages", 3, 43));
+        assert_eq!(first.channel.as_str(), "#kerno-challenge");
+    }
+
+    #[test]
+    fn producer_id_and_sent_at_are_kept() {
+        let json = r##"{"channel":"c","author":"a","text":"t","id":"1b4e28ba-2fa1-11d2-883f-0016d3cca427","sent_at":"2026-01-02T03:04:05.123456789+01:00"}"##;
+        let msg = parse(None, json).unwrap();
+        assert_eq!(msg.id.to_string(), "1b4e28ba-2fa1-11d2-883f-0016d3cca427");
+        assert_eq!(msg.sent_at.to_rfc3339(), "2026-01-02T02:04:05.123456+00:00");
+    }
+
+    #[test]
+    fn every_malformed_shape_has_its_own_reason() {
+        let cases: &[(Option<&str>, &str, &str)] = &[
+            (None, "not json", "not_json"),
+            (None, "[1,2]", "invalid_field"),
+            (
+                None,
+                r#"{"channel":5,"author":"a","text":"t"}"#,
+                "invalid_field",
+            ),
+            (None, r#"{"author":"a","text":"t"}"#, "missing_field"),
+            (None, r#"{"channel":"c","text":"t"}"#, "missing_field"),
+            (None, r#"{"channel":"c","author":"a"}"#, "missing_field"),
+            (
+                None,
+                r#"{"channel":"bad name","author":"a","text":"t"}"#,
+                "invalid_channel",
+            ),
+            (
+                Some("other"),
+                r#"{"channel":"c","author":"a","text":"t"}"#,
+                "key_mismatch",
+            ),
+            (
+                None,
+                r#"{"channel":"c","author":"","text":"t"}"#,
+                "invalid_author",
+            ),
+            (
+                None,
+                r#"{"channel":"c","author":"a","text":""}"#,
+                "invalid_text",
+            ),
+            (
+                None,
+                r#"{"channel":"c","author":"a","text":"t","id":"x"}"#,
+                "invalid_id",
+            ),
+            (
+                None,
+                r#"{"channel":"c","author":"a","text":"t","sent_at":"yesterday"}"#,
+                "invalid_sent_at",
+            ),
+        ];
+        for (key, value, code) in cases {
+            let err = parse(*key, value).expect_err(value);
+            assert_eq!(err.code(), *code, "{value}: {err}");
+        }
+        let long_text = format!(
+            r#"{{"channel":"c","author":"a","text":"{}"}}"#,
+            "x".repeat(MAX_TEXT_CHARS + 1)
+        );
+        assert_eq!(parse(None, &long_text).unwrap_err().code(), "invalid_text");
+        let huge = format!(
+            r#"{{"channel":"c","author":"a","text":"{}"}}"#,
+            "x".repeat(MAX_RECORD_BYTES)
+        );
+        assert_eq!(parse(None, &huge).unwrap_err().code(), "too_large");
+    }
+}

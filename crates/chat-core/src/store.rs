@@ -1,0 +1,271 @@
+//! The PostgreSQL log.
+//!
+//! [`Store::insert_batch`] is the only write path. In one transaction it
+//! 1. creates missing `channels` rows and locks every channel of the batch (`for update`, in name
+//!    order so two workers never deadlock),
+//! 2. looks the batch's ids up, so redelivered records are recognised as duplicates,
+//! 3. inserts the new messages with the next contiguous seqs (one multi-row `unnest` insert),
+//! 4. advances `channels.last_seq`.
+//!
+//! History reads are index range scans on the `(channel, seq)` primary key.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use uuid::Uuid;
+
+use crate::channel::ChannelName;
+use crate::message::{db_time, MessageId, NewMessage, StoredMessage};
+
+/// Migrations, embedded at build time from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+const COLUMNS: &str = "channel, seq, id, author, text, sent_at, stored_at";
+
+/// What happened to one record of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored now, with a new seq.
+    Inserted(StoredMessage),
+    /// Already stored (a redelivery, or a repeat of an id within the batch); this is the stored
+    /// row, with its original seq.
+    Duplicate(StoredMessage),
+}
+
+impl Outcome {
+    pub fn message(&self) -> &StoredMessage {
+        match self {
+            Outcome::Inserted(m) | Outcome::Duplicate(m) => m,
+        }
+    }
+}
+
+/// Handle to the log.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects lazily: the pool opens connections on first use, so a service starts (and
+    /// reports not-ready) while PostgreSQL is down.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        let options: PgConnectOptions = url
+            .parse::<PgConnectOptions>()?
+            .log_statements(tracing::log::LevelFilter::Debug);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(3))
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    /// Cheap reachability check for readiness probes.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("select 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// Stores a batch atomically. The result is aligned with the input: one [`Outcome`] per
+    /// message. Within a channel, new seqs follow the input order.
+    pub async fn insert_batch(&self, batch: &[NewMessage]) -> Result<Vec<Outcome>, sqlx::Error> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stored_at = db_time(Utc::now());
+        let mut tx = self.pool.begin().await?;
+
+        let mut channel_names: Vec<&str> = batch.iter().map(|m| m.channel.as_str()).collect();
+        channel_names.sort_unstable();
+        channel_names.dedup();
+        sqlx::query(
+            "insert into channels (name) select name from unnest($1::text[]) as u(name) \
+             order by name on conflict (name) do nothing",
+        )
+        .bind(&channel_names)
+        .execute(&mut *tx)
+        .await?;
+        let locked: Vec<(String, i64)> = sqlx::query_as(
+            "select name, last_seq from channels where name = any($1::text[]) order by name for update",
+        )
+        .bind(&channel_names)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut last_seq: HashMap<String, i64> = locked.into_iter().collect();
+
+        let ids: Vec<Uuid> = batch.iter().map(|m| m.id.0).collect();
+        let existing: Vec<StoredMessage> = sqlx::query_as(&format!(
+            "select {COLUMNS} from messages where id = any($1::uuid[])"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut known: HashMap<MessageId, StoredMessage> =
+            existing.into_iter().map(|m| (m.id, m)).collect();
+
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut fresh_in_batch: HashSet<MessageId> = HashSet::new();
+        let mut rows = Rows::with_capacity(batch.len());
+        for message in batch {
+            if let Some(stored) = known.get(&message.id) {
+                outcomes.push(Outcome::Duplicate(stored.clone()));
+                continue;
+            }
+            let counter = last_seq
+                .get_mut(message.channel.as_str())
+                .expect("every channel of the batch was locked above");
+            *counter += 1;
+            let stored = StoredMessage {
+                channel: message.channel.clone(),
+                seq: *counter,
+                id: message.id,
+                author: message.author.clone(),
+                text: message.text.clone(),
+                sent_at: message.sent_at,
+                stored_at,
+            };
+            rows.push(&stored);
+            fresh_in_batch.insert(message.id);
+            known.insert(message.id, stored.clone());
+            outcomes.push(Outcome::Inserted(stored));
+        }
+
+        if !rows.channel.is_empty() {
+            sqlx::query(
+                "insert into messages (channel, seq, id, author, text, sent_at, stored_at) \
+                 select c, s, i, a, t, sa, $7 from unnest($1::text[], $2::int8[], $3::uuid[], \
+                 $4::text[], $5::text[], $6::timestamptz[]) as u(c, s, i, a, t, sa)",
+            )
+            .bind(&rows.channel)
+            .bind(&rows.seq)
+            .bind(&rows.id)
+            .bind(&rows.author)
+            .bind(&rows.text)
+            .bind(&rows.sent_at)
+            .bind(stored_at)
+            .execute(&mut *tx)
+            .await?;
+
+            let (names, seqs): (Vec<String>, Vec<i64>) = last_seq.into_iter().unzip();
+            sqlx::query(
+                "update channels set last_seq = u.last_seq \
+                 from unnest($1::text[], $2::int8[]) as u(name, last_seq) \
+                 where channels.name = u.name and channels.last_seq <> u.last_seq",
+            )
+            .bind(&names)
+            .bind(&seqs)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// The newest `limit` messages of a channel, oldest first.
+    pub async fn latest(
+        &self,
+        channel: &ChannelName,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, sqlx::Error> {
+        let mut page: Vec<StoredMessage> = sqlx::query_as(&format!(
+            "select {COLUMNS} from messages where channel = $1 order by seq desc limit $2"
+        ))
+        .bind(channel.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        page.reverse();
+        Ok(page)
+    }
+
+    /// Up to `limit` messages with `seq > after`, oldest first.
+    pub async fn after(
+        &self,
+        channel: &ChannelName,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "select {COLUMNS} from messages where channel = $1 and seq > $2 order by seq limit $3"
+        ))
+        .bind(channel.as_str())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Up to `limit` messages with `seq < before`, newest first.
+    pub async fn before(
+        &self,
+        channel: &ChannelName,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "select {COLUMNS} from messages where channel = $1 and seq < $2 order by seq desc limit $3"
+        ))
+        .bind(channel.as_str())
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The highest stored seq of a channel (0 when it has none).
+    pub async fn last_seq(&self, channel: &ChannelName) -> Result<i64, sqlx::Error> {
+        let row: Option<(i64,)> = sqlx::query_as("select last_seq from channels where name = $1")
+            .bind(channel.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map_or(0, |(seq,)| seq))
+    }
+}
+
+/// Column arrays of a multi-row insert.
+struct Rows {
+    channel: Vec<String>,
+    seq: Vec<i64>,
+    id: Vec<Uuid>,
+    author: Vec<String>,
+    text: Vec<String>,
+    sent_at: Vec<DateTime<Utc>>,
+}
+
+impl Rows {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            channel: Vec::with_capacity(n),
+            seq: Vec::with_capacity(n),
+            id: Vec::with_capacity(n),
+            author: Vec::with_capacity(n),
+            text: Vec::with_capacity(n),
+            sent_at: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, m: &StoredMessage) {
+        self.channel.push(m.channel.as_str().to_owned());
+        self.seq.push(m.seq);
+        self.id.push(m.id.0);
+        self.author.push(m.author.clone());
+        self.text.push(m.text.clone());
+        self.sent_at.push(m.sent_at);
+    }
+}

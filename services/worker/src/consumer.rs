@@ -1,0 +1,225 @@
+//! The Kafka side: consumer configuration, batching, and offset storage.
+//!
+//! Offsets are stored (`enable.auto.offset.store=false`) only after the whole batch has been
+//! dead-lettered, stored and published; librdkafka's auto-commit then commits stored offsets
+//! only. A crash at any point therefore redelivers, and never skips, unfinished records.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::settings::Settings;
+
+/// An owned copy of a consumed record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+impl Record {
+    pub fn from_message(message: &BorrowedMessage<'_>) -> Self {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp: message
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::<Utc>::from_timestamp_millis),
+        }
+    }
+
+    /// The first header with this name, if it has a UTF-8 value.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| value.as_deref())
+            .and_then(|value| std::str::from_utf8(value).ok())
+    }
+}
+
+/// Receives librdkafka's callbacks: statistics (for the lag gauge) and rebalances (logged).
+pub struct WorkerContext {
+    metrics: Metrics,
+}
+
+impl ClientContext for WorkerContext {
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.consumer_lag.reset();
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(kafka.partitions = ?partitions(list), "partitions assigned")
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(kafka.partitions = ?partitions(list), "partitions revoked")
+            }
+            Rebalance::Error(err) => tracing::warn!(error = %err, "rebalance failed"),
+        }
+    }
+}
+
+fn partitions(list: &rdkafka::TopicPartitionList) -> Vec<i32> {
+    list.elements().iter().map(|e| e.partition()).collect()
+}
+
+pub type WorkerConsumer = StreamConsumer<WorkerContext>;
+
+/// Creates the consumer and subscribes it to the input topic.
+pub fn create(
+    settings: &Settings,
+    metrics: Metrics,
+) -> Result<WorkerConsumer, rdkafka::error::KafkaError> {
+    let consumer: WorkerConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .set("group.id", &settings.kafka_group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .create_with_context(WorkerContext { metrics })?;
+    consumer.subscribe(&[&settings.kafka_topic])?;
+    Ok(consumer)
+}
+
+/// Consumes until `cancel` fires: batch, process (retrying dependencies), store offsets. On the
+/// way out, the stored offsets are committed synchronously.
+pub async fn run(
+    consumer: Arc<WorkerConsumer>,
+    pipeline: Pipeline,
+    max_records: usize,
+    linger: Duration,
+    cancel: CancellationToken,
+) {
+    while let Some(batch) = next_batch(&consumer, max_records, linger, &cancel).await {
+        if pipeline.process(&batch, &cancel).await.is_err() {
+            tracing::info!(
+                batch.records = batch.len(),
+                "stopped while retrying; the batch stays uncommitted"
+            );
+            break;
+        }
+        store_offsets(&consumer, &batch);
+    }
+    let committer = Arc::clone(&consumer);
+    let committed =
+        tokio::task::spawn_blocking(move || committer.commit_consumer_state(CommitMode::Sync))
+            .await;
+    match committed {
+        Ok(Ok(())) => tracing::info!("offsets committed"),
+        Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        ))) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "final offset commit failed; records will be redelivered")
+        }
+        Err(err) => tracing::warn!(error = %err, "final offset commit panicked"),
+    }
+}
+
+/// Waits for a first record, then collects more until `max_records` or `linger` elapsed.
+/// `None` once `cancel` fires.
+async fn next_batch(
+    consumer: &WorkerConsumer,
+    max_records: usize,
+    linger: Duration,
+    cancel: &CancellationToken,
+) -> Option<Vec<Record>> {
+    let mut batch = Vec::new();
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return None,
+            received = consumer.recv() => received,
+        };
+        match received {
+            Ok(message) => {
+                batch.push(Record::from_message(&message));
+                break;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "kafka consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let deadline = Instant::now() + linger;
+    while batch.len() < max_records {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, consumer.recv()).await {
+            Ok(Ok(message)) => batch.push(Record::from_message(&message)),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "kafka consumer error");
+                break;
+            }
+            Err(_elapsed) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Stores, per partition, the highest offset of the batch. librdkafka commits offset + 1.
+fn store_offsets(consumer: &WorkerConsumer, batch: &[Record]) {
+    let mut highest: Vec<(&str, i32, i64)> = Vec::new();
+    for record in batch {
+        match highest
+            .iter_mut()
+            .find(|(t, p, _)| *t == record.topic && *p == record.partition)
+        {
+            Some(entry) => entry.2 = entry.2.max(record.offset),
+            None => highest.push((&record.topic, record.partition, record.offset)),
+        }
+    }
+    for (topic, partition, offset) in highest {
+        if let Err(err) = consumer.store_offset(topic, partition, offset) {
+            // The partition was revoked meanwhile: its new owner redelivers, which is a no-op.
+            tracing::debug!(kafka.partition = partition, kafka.offset = offset, error = %err, "offset not stored");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+use clap::Parser;
+
+use chat_core::{shutdown, telemetry};
+use chat_worker::settings::{Cli, Command};
+use chat_worker::startup::{self, Application};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.settings.log_format);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Migrate => startup::migrate(&cli.settings).await,
+        Command::Run => {
+            let app = Application::build(cli.settings).await?;
+            app.run_until_stopped(shutdown::on_signals()).await
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! What happens to one batch: validate every record, dead-letter the malformed ones, store the
+//! valid ones in one transaction, publish them to Redis in one pipeline.
+//!
+//! Each step is retried on its own with capped exponential backoff while its dependency is
+//! down, so a Redis outage after a successful insert does not repeat the insert. The batch is
+//! done (and its offsets may be stored) only when all three steps succeeded.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_core::backoff::Backoff;
+use chat_core::envelope::Envelope;
+use chat_core::message::{NewMessage, RecordOrigin, RejectReason};
+use chat_core::store::{Outcome, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::Record;
+use crate::dlq::DeadLetters;
+use crate::error::Retryable;
+use crate::fanout::Publisher;
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+/// Header carrying the W3C trace context of a record.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The batch was abandoned because shutdown was requested while a dependency was down.
+#[derive(Debug)]
+pub struct Cancelled;
+
+#[derive(Clone)]
+pub struct Pipeline {
+    pub store: Store,
+    pub publisher: Arc<Publisher>,
+    pub dead_letters: DeadLetters,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub max_backoff: Duration,
+}
+
+impl Pipeline {
+    pub async fn process(
+        &self,
+        batch: &[Record],
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let started = Instant::now();
+        self.metrics.records_consumed.inc_by(batch.len() as u64);
+
+        let mut valid: Vec<NewMessage> = Vec::with_capacity(batch.len());
+        let mut traceparents: Vec<Option<String>> = Vec::with_capacity(batch.len());
+        let mut rejected: Vec<(&Record, RejectReason)> = Vec::new();
+        for record in batch {
+            let origin = RecordOrigin {
+                topic: &record.topic,
+                partition: record.partition,
+                offset: record.offset,
+                timestamp: record.timestamp,
+            };
+            match NewMessage::from_record(record.key.as_deref(), record.value.as_deref(), origin) {
+                Ok(message) => {
+                    valid.push(message);
+                    traceparents.push(record.header_str(TRACEPARENT_HEADER).map(str::to_owned));
+                }
+                Err(reason) => rejected.push((record, reason)),
+            }
+        }
+
+        if !rejected.is_empty() {
+            self.retry(cancel, || async {
+                let sends = rejected
+                    .iter()
+                    .map(|(record, reason)| self.dead_letters.send(record, reason));
+                futures::future::try_join_all(sends).await?;
+                Ok(())
+            })
+            .await?;
+            for (record, reason) in &rejected {
+                tracing::warn!(
+                    kafka.partition = record.partition,
+                    kafka.offset = record.offset,
+                    dlq.reason = reason.code(),
+                    dlq.detail = %reason,
+                    "record dead-lettered"
+                );
+                self.metrics
+                    .dead_lettered
+                    .with_label_values(&[reason.code()])
+                    .inc();
+            }
+        }
+
+        if !valid.is_empty() {
+            let outcomes = self
+                .retry(cancel, || async {
+                    Ok(self.store.insert_batch(&valid).await?)
+                })
+                .await?;
+            let envelopes = to_envelopes(&outcomes, traceparents);
+            let inserted = outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Inserted(_)))
+                .count();
+            self.metrics.messages_stored.inc_by(inserted as u64);
+            self.metrics
+                .duplicates
+                .inc_by((outcomes.len() - inserted) as u64);
+
+            self.retry(cancel, || async {
+                Ok(self.publisher.publish(&envelopes).await?)
+            })
+            .await?;
+            self.metrics
+                .messages_published
+                .inc_by(envelopes.len() as u64);
+        }
+
+        self.metrics.batch_size.observe(batch.len() as f64);
+        self.metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            batch.records = batch.len(),
+            batch.rejected = rejected.len(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "batch done"
+        );
+        Ok(())
+    }
+
+    /// Runs `step` until it succeeds, backing off while it fails; readiness is down meanwhile.
+    async fn retry<T, F, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        mut step: F,
+    ) -> Result<T, Cancelled>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Retryable>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
+        loop {
+            match step().await {
+                Ok(value) => {
+                    if backoff.attempts() > 0 {
+                        tracing::info!(attempts = backoff.attempts(), "dependency recovered");
+                    }
+                    self.health.dependencies_ok.store(true, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Err(err) => {
+                    self.health.dependencies_ok.store(false, Ordering::Relaxed);
+                    self.metrics
+                        .retries
+                        .with_label_values(&[err.dependency()])
+                        .inc();
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        dependency = err.dependency(),
+                        error = %err,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "batch step failed; retrying"
+                    );
+                    tokio::select! {
+                        () = cancel.cancelled() => return Err(Cancelled),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One envelope per distinct message, in batch order. A duplicate is published again with its
+/// stored seq: the attempt that stored it may have died before publishing.
+fn to_envelopes(outcomes: &[Outcome], traceparents: Vec<Option<String>>) -> Vec<Envelope> {
+    let mut seen = HashSet::with_capacity(outcomes.len());
+    outcomes
+        .iter()
+        .zip(traceparents)
+        .filter(|(outcome, _)| seen.insert(outcome.message().id))
+        .map(|(outcome, traceparent)| Envelope {
+            message: outcome.message().clone(),
+            traceparent,
+        })
+        .collect()
+}

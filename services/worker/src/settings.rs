@@ -1,0 +1,82 @@
+//! Configuration. Every setting is a flag and an environment variable; the defaults point at
+//! services on localhost so that a bare `cargo run` works next to `scripts/services`.
+
+use std::net::SocketAddr;
+
+use chat_core::telemetry::LogFormat;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chat-worker",
+    version,
+    about = "Kafka → PostgreSQL + Redis chat message worker"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Consume, store and publish (the default).
+    Run,
+    /// Apply pending database migrations, then exit. Run once per release, not per replica.
+    Migrate,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Topic the chat messages arrive on.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
+    pub kafka_topic: String,
+    /// Dead-letter topic for malformed records.
+    #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = "chat.messages.dlq")]
+    pub kafka_dlq_topic: String,
+    /// Consumer group; replicas in one group share the partitions.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "chat-worker")]
+    pub kafka_group_id: String,
+    /// PostgreSQL connection URL (a secret: never logged).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://chat:chat@127.0.0.1:5432/chat",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub database_url: String,
+    /// Size of the PostgreSQL connection pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
+    pub database_max_connections: u32,
+    /// Redis connection URL (a secret: never logged).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+    /// Prefix of the Redis pub/sub channels: a message of channel C is published on `<prefix>C`.
+    #[arg(long, env = "REDIS_PREFIX", default_value = chat_core::envelope::DEFAULT_REDIS_PREFIX)]
+    pub redis_prefix: String,
+    /// Address of the health and metrics HTTP server.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8081")]
+    pub http_addr: SocketAddr,
+    /// Most records in one batch (one transaction, one Redis pipeline).
+    #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 2000)]
+    pub batch_max_records: usize,
+    /// How long to wait for more records once a batch has its first one, in milliseconds.
+    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 5)]
+    pub batch_linger_ms: u64,
+    /// Longest pause between retries while a dependency is down, in milliseconds.
+    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 5000)]
+    pub retry_max_backoff_ms: u64,
+    /// Log format: json or text.
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+}
