@@ -1,0 +1,202 @@
+{{/*
+Naming. One name per deployable everywhere: `chat-worker` and `chat-ws-server` are the binaries,
+the `app.kubernetes.io/name` labels and (for a release named like the chart) the resource names.
+*/}}
+
+{{- define "chat-stream.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Prefix of every resource name; empty for a release named like the chart. */}}
+{{- define "chat-stream.prefix" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if ne .Release.Name (include "chat-stream.name" .) -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the release's shared objects (ServiceAccount, dev Secret, tests): `chat-stream` or `<prefix>-chat-stream`. */}}
+{{- define "chat-stream.fullname" -}}
+{{- $prefix := include "chat-stream.prefix" . -}}
+{{- if $prefix -}}{{ printf "%s-%s" $prefix (include "chat-stream.name" .) | trunc 63 | trimSuffix "-" }}{{- else -}}{{ include "chat-stream.name" . }}{{- end -}}
+{{- end -}}
+
+{{/* Resource name of a component. Call with (dict "root" $ "component" "chat-worker"). */}}
+{{- define "chat-stream.componentFullname" -}}
+{{- $prefix := include "chat-stream.prefix" .root -}}
+{{- if $prefix -}}{{ printf "%s-%s" $prefix .component | trunc 63 | trimSuffix "-" }}{{- else -}}{{ .component }}{{- end -}}
+{{- end -}}
+
+{{- define "chat-stream.worker.fullname" -}}
+{{- include "chat-stream.componentFullname" (dict "root" . "component" "chat-worker") -}}
+{{- end -}}
+
+{{- define "chat-stream.wsServer.fullname" -}}
+{{- include "chat-stream.componentFullname" (dict "root" . "component" "chat-ws-server") -}}
+{{- end -}}
+
+{{- define "chat-stream.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "chat-stream.commonLabels" -}}
+helm.sh/chart: {{ include "chat-stream.chart" . }}
+app.kubernetes.io/part-of: chat-stream
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Chart.AppVersion }}
+app.kubernetes.io/version: {{ . | quote }}
+{{- end }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of a component's objects. Call with (dict "root" $ "component" "chat-worker"). */}}
+{{- define "chat-stream.componentLabels" -}}
+{{ include "chat-stream.commonLabels" .root }}
+app.kubernetes.io/name: {{ .component }}
+app.kubernetes.io/component: {{ .component | trimPrefix "chat-" }}
+{{- end -}}
+
+{{/* Selector labels of a component (immutable on Deployments: keep them few and stable). */}}
+{{- define "chat-stream.selectorLabels" -}}
+app.kubernetes.io/name: {{ .component }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{- define "chat-stream.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "chat-stream.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "chat-stream.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the Secret holding DATABASE_URL and REDIS_URL; fails the render when there is none. */}}
+{{- define "chat-stream.secretName" -}}
+{{- if .Values.secrets.existingSecret -}}
+{{- .Values.secrets.existingSecret -}}
+{{- else if .Values.devSecret.create -}}
+{{- printf "%s-dev-secret" (include "chat-stream.fullname" .) -}}
+{{- else -}}
+{{- fail "secrets.existingSecret is required: name a Secret with DATABASE_URL and REDIS_URL (or set devSecret.create=true for development)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* DATABASE_URL from the referenced Secret. */}}
+{{- define "chat-stream.databaseUrlEnv" -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chat-stream.secretName" . }}
+      key: {{ .Values.secrets.databaseUrlKey }}
+{{- end -}}
+
+{{/* The two secret environment variables, from the referenced Secret. */}}
+{{- define "chat-stream.secretEnv" -}}
+{{ include "chat-stream.databaseUrlEnv" . }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chat-stream.secretName" . }}
+      key: {{ .Values.secrets.redisUrlKey }}
+{{- end -}}
+
+{{/* Environment shared by both components (ConfigMap data). */}}
+{{- define "chat-stream.sharedConfig" -}}
+KAFKA_BROKERS: {{ .Values.config.kafka.brokers | quote }}
+KAFKA_TOPIC: {{ .Values.config.kafka.topic | quote }}
+REDIS_PREFIX: {{ .Values.config.redisPrefix | quote }}
+LOG_FORMAT: {{ .Values.config.logFormat | quote }}
+RUST_LOG: {{ .Values.config.rustLog | quote }}
+{{- with .Values.config.otel.endpoint }}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* ConfigMap data of the worker; also hashed into the pod's checksum/config annotation. */}}
+{{- define "chat-stream.worker.configData" -}}
+{{ include "chat-stream.sharedConfig" . }}
+KAFKA_DLQ_TOPIC: {{ .Values.worker.config.dlqTopic | quote }}
+KAFKA_GROUP_ID: {{ .Values.worker.config.groupId | quote }}
+DATABASE_MAX_CONNECTIONS: {{ .Values.worker.config.databaseMaxConnections | quote }}
+HTTP_ADDR: {{ printf "0.0.0.0:%v" .Values.worker.port | quote }}
+BATCH_MAX_RECORDS: {{ .Values.worker.config.batchMaxRecords | quote }}
+BATCH_LINGER_MS: {{ .Values.worker.config.batchLingerMs | quote }}
+RETRY_MAX_BACKOFF_MS: {{ .Values.worker.config.retryMaxBackoffMs | quote }}
+OTEL_SERVICE_NAME: {{ .Values.worker.config.otelServiceName | quote }}
+{{- end -}}
+
+{{- define "chat-stream.wsServer.configData" -}}
+{{ include "chat-stream.sharedConfig" . }}
+DATABASE_MAX_CONNECTIONS: {{ .Values.wsServer.config.databaseMaxConnections | quote }}
+HTTP_ADDR: {{ printf "0.0.0.0:%v" .Values.wsServer.port | quote }}
+HISTORY_DEFAULT_LIMIT: {{ .Values.wsServer.config.historyDefaultLimit | quote }}
+HISTORY_MAX_LIMIT: {{ .Values.wsServer.config.historyMaxLimit | quote }}
+WS_MAX_SUBSCRIPTIONS: {{ .Values.wsServer.config.maxSubscriptions | quote }}
+WS_OUTBOUND_QUEUE: {{ .Values.wsServer.config.outboundQueue | quote }}
+WS_MAX_FRAME_BYTES: {{ .Values.wsServer.config.maxFrameBytes | quote }}
+WS_PING_INTERVAL_SECS: {{ .Values.wsServer.config.pingIntervalSecs | quote }}
+WS_IDLE_TIMEOUT_SECS: {{ .Values.wsServer.config.idleTimeoutSecs | quote }}
+SHUTDOWN_DRAIN_SECS: {{ .Values.wsServer.config.shutdownDrainSecs | quote }}
+OTEL_SERVICE_NAME: {{ .Values.wsServer.config.otelServiceName | quote }}
+{{- end -}}
+
+{{/*
+preStop hook that sleeps. The native `sleep` action (Kubernetes >= 1.30) needs nothing in the image;
+older clusters get `exec sleep`, which needs /bin/sleep in the image.
+*/}}
+{{- define "chat-stream.preStop" -}}
+{{- $seconds := int .seconds -}}
+{{- if gt $seconds 0 -}}
+lifecycle:
+  preStop:
+    {{- if semverCompare ">=1.30-0" .root.Capabilities.KubeVersion.Version }}
+    sleep:
+      seconds: {{ $seconds }}
+    {{- else }}
+    exec:
+      command: ["sleep", "{{ $seconds }}"]
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Topology spread constraints with the component's selector filled in when missing. */}}
+{{- define "chat-stream.topologySpread" -}}
+{{- $out := list -}}
+{{- range .constraints -}}
+{{- $c := deepCopy . -}}
+{{- if not (hasKey $c "labelSelector") -}}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" (include "chat-stream.selectorLabels" (dict "root" $.root "component" $.component) | fromYaml)) -}}
+{{- end -}}
+{{- $out = append $out $c -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* Checks that cannot be expressed in values.schema.json. */}}
+{{- define "chat-stream.validate" -}}
+{{- $ws := .Values.wsServer -}}
+{{- if and $ws.enabled (le (int $ws.terminationGracePeriodSeconds) (add (int $ws.preStopSleepSeconds) (int $ws.config.shutdownDrainSecs))) -}}
+{{- fail (printf "wsServer.terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds (%v) + config.shutdownDrainSecs (%v)" $ws.terminationGracePeriodSeconds $ws.preStopSleepSeconds $ws.config.shutdownDrainSecs) -}}
+{{- end -}}
+{{- $w := .Values.worker -}}
+{{- if and $w.enabled (le (int $w.terminationGracePeriodSeconds) (add (int $w.preStopSleepSeconds) 10)) -}}
+{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds (%v) + 10 s to finish a batch" $w.terminationGracePeriodSeconds $w.preStopSleepSeconds) -}}
+{{- end -}}
+{{- if and .Values.secrets.existingSecret .Values.devSecret.create -}}
+{{- fail "set either secrets.existingSecret or devSecret.create, not both" -}}
+{{- end -}}
+{{- end -}}
