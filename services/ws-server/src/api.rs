@@ -1,0 +1,262 @@
+//! The REST API (poem-openapi): keyset history pages and publishing. The spec is served at
+//! `/openapi.json` and browsable at `/docs`.
+
+use std::time::Instant;
+
+use chat_core::channel::ChannelName;
+use chat_core::message::{validate_author, validate_text, StoredMessage};
+use chat_core::store::Store;
+use chrono::{DateTime, Utc};
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use uuid::Uuid;
+
+use crate::error::ErrorBody;
+use crate::metrics::Metrics;
+use crate::publish::{KafkaPublisher, Publication};
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Channel history and publishing.
+    Messages,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, Object)]
+pub struct MessageDto {
+    pub channel: String,
+    /// Per-channel position: 1, 2, 3, … without holes. The cursor everywhere.
+    pub seq: i64,
+    pub id: Uuid,
+    pub author: String,
+    pub text: String,
+    pub sent_at: DateTime<Utc>,
+    pub stored_at: DateTime<Utc>,
+}
+
+impl From<StoredMessage> for MessageDto {
+    fn from(m: StoredMessage) -> Self {
+        Self {
+            channel: m.channel.as_str().to_owned(),
+            seq: m.seq,
+            id: m.id.0,
+            author: m.author,
+            text: m.text,
+            sent_at: m.sent_at,
+            stored_at: m.stored_at,
+        }
+    }
+}
+
+/// One page of a channel's history, oldest to newest.
+#[derive(Debug, Clone, Object)]
+pub struct HistoryPage {
+    pub channel: String,
+    /// Messages of the page, ascending `seq`.
+    pub messages: Vec<MessageDto>,
+    /// Pass as `before` to get the previous (older) page; absent when this page starts at the
+    /// beginning of the channel, or when paging forward with `after`.
+    pub next_before: Option<i64>,
+    /// Pass as `after` to get the next (newer) page; the last `seq` of this page (or the cursor
+    /// given, when the page is empty). Absent when paging backward with `before`.
+    pub next_after: Option<i64>,
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, Object)]
+pub struct PublishRequest {
+    /// 1 to 64 characters, no control characters.
+    pub author: String,
+    /// 1 to 4000 characters.
+    pub text: String,
+}
+
+/// The id of an accepted message.
+#[derive(Debug, Clone, Object)]
+pub struct Accepted {
+    pub id: Uuid,
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "history_bad_request")]
+pub enum HistoryResponse {
+    /// A page of messages.
+    #[oai(status = 200)]
+    Ok(Json<HistoryPage>),
+    /// Invalid channel, limit or cursor (`invalid_channel`, `invalid_limit`, `invalid_cursor`,
+    /// `bad_request`).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// PostgreSQL is unavailable (`unavailable`).
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn history_bad_request(err: poem::Error) -> HistoryResponse {
+    HistoryResponse::BadRequest(Json(ErrorBody::new("bad_request", err.to_string())))
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "publish_bad_request")]
+pub enum PublishResponse {
+    /// Kafka acknowledged the message; it reaches subscribers through the pipeline.
+    #[oai(status = 202)]
+    Accepted(Json<Accepted>),
+    /// Invalid channel or message (`invalid_channel`, `invalid_message`, `bad_request`).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// Kafka did not acknowledge the message (`publish_failed`).
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn publish_bad_request(err: poem::Error) -> PublishResponse {
+    PublishResponse::BadRequest(Json(ErrorBody::new("bad_request", err.to_string())))
+}
+
+pub struct ChatApi {
+    pub store: Store,
+    pub publisher: KafkaPublisher,
+    pub metrics: Metrics,
+    pub default_limit: i64,
+    pub max_limit: i64,
+}
+
+#[OpenApi]
+impl ChatApi {
+    /// Read a channel's history.
+    ///
+    /// Keyset paging by `seq`, stable while the channel is written. Without a cursor: the newest
+    /// `limit` messages. `before=S`: the `limit` messages just below `seq` S (page backward with
+    /// `next_before`). `after=S`: the `limit` messages just above S (page forward with
+    /// `next_after`). Messages are always ascending within a page.
+    #[oai(
+        path = "/channels/:channel/messages",
+        method = "get",
+        tag = "ApiTags::Messages"
+    )]
+    async fn history(
+        &self,
+        /// URL-encoded channel name, e.g. `%23kerno-challenge`.
+        channel: Path<String>,
+        /// Page size, 1 to the configured maximum (default 50).
+        limit: Query<Option<i64>>,
+        /// Return messages with `seq` below this one.
+        before: Query<Option<i64>>,
+        /// Return messages with `seq` above this one.
+        after: Query<Option<i64>>,
+    ) -> HistoryResponse {
+        let bad = |code: &str, message: String| {
+            HistoryResponse::BadRequest(Json(ErrorBody::new(code, message)))
+        };
+        let channel = match ChannelName::parse(&channel.0) {
+            Ok(channel) => channel,
+            Err(err) => return bad("invalid_channel", err.to_string()),
+        };
+        let limit = limit.0.unwrap_or(self.default_limit);
+        if !(1..=self.max_limit).contains(&limit) {
+            return bad(
+                "invalid_limit",
+                format!("limit must be 1 to {}", self.max_limit),
+            );
+        }
+        if before.0.is_some() && after.0.is_some() {
+            return bad("invalid_cursor", "give before or after, not both".into());
+        }
+        if before.0.is_some_and(|b| b < 1) || after.0.is_some_and(|a| a < 0) {
+            return bad(
+                "invalid_cursor",
+                "before must be 1 or more, after 0 or more".into(),
+            );
+        }
+        let started = Instant::now();
+        let result = match (before.0, after.0) {
+            (_, Some(after)) => self.store.after(&channel, after, limit).await,
+            (Some(before), None) => {
+                self.store
+                    .before(&channel, before, limit)
+                    .await
+                    .map(|mut page| {
+                        page.reverse();
+                        page
+                    })
+            }
+            (None, None) => self.store.latest(&channel, limit).await,
+        };
+        self.metrics
+            .history_query_duration
+            .observe(started.elapsed().as_secs_f64());
+        let page = match result {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::warn!(channel = %channel, error = %err, "history query failed");
+                return HistoryResponse::Unavailable(Json(ErrorBody::new(
+                    "unavailable",
+                    "history is unavailable; retry later",
+                )));
+            }
+        };
+        let first = page.first().map(|m| m.seq);
+        let last = page.last().map(|m| m.seq);
+        let (next_before, next_after) = match after.0 {
+            Some(after) => (None, Some(last.unwrap_or(after))),
+            None if before.0.is_some() => (first.filter(|&s| s > 1), None),
+            None => (first.filter(|&s| s > 1), Some(last.unwrap_or(0))),
+        };
+        HistoryResponse::Ok(Json(HistoryPage {
+            channel: channel.as_str().to_owned(),
+            messages: page.into_iter().map(MessageDto::from).collect(),
+            next_before,
+            next_after,
+        }))
+    }
+
+    /// Publish a message.
+    ///
+    /// The message is produced to Kafka (key = channel); the reply comes once the broker has
+    /// acknowledged it, with the message's id. It then reaches storage and every subscriber
+    /// through the pipeline.
+    #[oai(
+        path = "/channels/:channel/messages",
+        method = "post",
+        tag = "ApiTags::Messages"
+    )]
+    async fn publish(
+        &self,
+        /// URL-encoded channel name, e.g. `%23kerno-challenge`.
+        channel: Path<String>,
+        body: Json<PublishRequest>,
+    ) -> PublishResponse {
+        let bad = |code: &str, message: String| {
+            PublishResponse::BadRequest(Json(ErrorBody::new(code, message)))
+        };
+        let channel = match ChannelName::parse(&channel.0) {
+            Ok(channel) => channel,
+            Err(err) => return bad("invalid_channel", err.to_string()),
+        };
+        let PublishRequest { author, text } = body.0;
+        if let Err(reason) = validate_author(&author).and_then(|()| validate_text(&text)) {
+            return bad("invalid_message", reason.to_string());
+        }
+        let publication = Publication {
+            channel,
+            author,
+            text,
+        };
+        match self.publisher.publish(&publication).await {
+            Ok(id) => {
+                self.metrics.published.with_label_values(&["ok"]).inc();
+                PublishResponse::Accepted(Json(Accepted { id: id.0 }))
+            }
+            Err(err) => {
+                tracing::warn!(channel = %publication.channel, error = %err, "publish failed");
+                self.metrics.published.with_label_values(&["failed"]).inc();
+                PublishResponse::Unavailable(Json(ErrorBody::new(
+                    "publish_failed",
+                    "kafka did not acknowledge the message; retry",
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! `chat-ws-server`: WebSocket and REST front of the chat backend.
+//!
+//! - [`settings`]: configuration from flags and environment variables.
+//! - [`startup`]: [`startup::Application`] binds, wires everything and runs until shutdown.
+//! - [`hub`]: the one Redis pub/sub connection of the process, in-process fan-out to sessions,
+//!   duplicate dropping and live-gap repair from PostgreSQL.
+//! - [`session`]: one WebSocket connection: command loop, gap-free subscribe, bounded outbound
+//!   queue with coalesced writes, keepalive.
+//! - [`protocol`]: the client and server frames as serde types, with stable error codes.
+//! - [`publish`]: the Kafka producer behind the `publish` command and `POST`.
+//! - [`api`]: the REST API (poem-openapi): history pages and publishing.
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`metrics`]: the Prometheus registry of one application.
+//! - [`error`]: the JSON problem body of the HTTP API.
+
+pub mod api;
+pub mod error;
+pub mod health;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod publish;
+pub mod session;
+pub mod settings;
+pub mod startup;

@@ -1,0 +1,112 @@
+//! Client publishing: the Kafka producer behind the WebSocket `publish` command and
+//! `POST /channels/{channel}/messages`. Kafka stays the single write path: the message reaches
+//! storage and subscribers through the worker like any other.
+
+use std::time::Duration;
+
+use chat_core::channel::ChannelName;
+use chat_core::message::MessageId;
+use chrono::{SecondsFormat, Utc};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// How long a publish may wait for the broker's acknowledgement.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A validated message a client wants published.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub channel: ChannelName,
+    pub author: String,
+    pub text: String,
+}
+
+#[derive(Serialize)]
+struct KafkaValue<'a> {
+    channel: &'a str,
+    author: &'a str,
+    text: &'a str,
+    id: String,
+    sent_at: String,
+}
+
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl KafkaPublisher {
+    pub fn new(brokers: &str, topic: &str) -> Result<Self, rdkafka::error::KafkaError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            )
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Produces the message (key = channel) with a fresh id and a `traceparent` header, and
+    /// returns the id once the broker acknowledged it.
+    pub async fn publish(
+        &self,
+        publication: &Publication,
+    ) -> Result<MessageId, rdkafka::error::KafkaError> {
+        let id = MessageId::new_random();
+        let value = serde_json::to_vec(&KafkaValue {
+            channel: publication.channel.as_str(),
+            author: &publication.author,
+            text: &publication.text,
+            id: id.to_string(),
+            sent_at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        })
+        .expect("a publication always serializes");
+        let traceparent = new_traceparent();
+        let record = FutureRecord::to(&self.topic)
+            .key(publication.channel.as_str())
+            .payload(&value)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(traceparent.as_str()),
+            }));
+        self.producer
+            .send(record, DELIVERY_TIMEOUT)
+            .await
+            .map(|_| id)
+            .map_err(|(err, _)| err)
+    }
+
+    /// Reachability check for readiness: the broker answers a metadata request for the topic.
+    pub async fn ping(&self) -> Result<(), String> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|err| err.to_string())
+        })
+        .await
+        .map_err(|err| err.to_string())?
+    }
+}
+
+/// A new W3C trace context (`00-<trace id>-<span id>-01`). The ws-server starts the trace of a
+/// client-published message; the worker and the Redis envelope carry it on.
+pub fn new_traceparent() -> String {
+    let trace = Uuid::new_v4().simple().to_string();
+    let span = &Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}

@@ -1,0 +1,448 @@
+//! One WebSocket connection.
+//!
+//! Two tasks share a [`Closer`]: the reader parses commands and answers them, the writer drains
+//! the bounded outbound queue (feeding every waiting frame, then flushing once), sends pings and
+//! finally the close frame. Whoever decides the connection ends (the hub for a slow consumer,
+//! the reader for an oversized frame or an idle client, shutdown) sets the close code once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_core::channel::ChannelName;
+use chat_core::message::StoredMessage;
+use chat_core::store::Store;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use poem::web::websocket::{Message, WebSocketStream};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Closer, Frame, GoLive, Hub, Outbox, Subscription, PAGE_SIZE};
+use crate::metrics::Metrics;
+use crate::protocol::{self, Command, ErrorCode, Limits, ProtocolError, ServerFrame, Start};
+use crate::publish::{KafkaPublisher, Publication};
+
+/// Going away: the server shuts down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A frame or message above the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Most frames written before one flush.
+const MAX_WRITE_BATCH: usize = 256;
+/// How long the close frame may take to go out before the connection is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a subscribe waits for the Redis SUBSCRIBE confirmation.
+const HUB_WAIT: Duration = Duration::from_secs(5);
+
+/// What every session needs; one per application.
+pub struct SessionContext {
+    pub hub: Hub,
+    pub store: Store,
+    pub publisher: KafkaPublisher,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    pub max_subscriptions: usize,
+    pub outbound_queue: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    /// Cancelled when the drain period after SIGTERM is over: every socket closes with 1001.
+    pub close_all: CancellationToken,
+}
+
+/// Runs one connection to its end.
+pub async fn run(socket: WebSocketStream, ctx: Arc<SessionContext>) {
+    ctx.metrics.connections.inc();
+    let (sink, stream) = socket.split();
+    let (frames, queue) = mpsc::channel(ctx.outbound_queue.max(1));
+    let closer = Closer::default();
+    let writer = tokio::spawn(write_loop(sink, queue, closer.clone(), ctx.ping_interval));
+    let mut session = Session {
+        outbox: Outbox { frames, closer },
+        subscriptions: HashMap::new(),
+        ctx: Arc::clone(&ctx),
+    };
+    session.read_loop(stream).await;
+    ctx.metrics
+        .subscriptions
+        .sub(session.subscriptions.len() as i64);
+    drop(session);
+    let _ = writer.await;
+    ctx.metrics.connections.dec();
+}
+
+struct Session {
+    outbox: Outbox,
+    subscriptions: HashMap<ChannelName, Subscription>,
+    ctx: Arc<SessionContext>,
+}
+
+impl Session {
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocketStream>) {
+        let closer = self.outbox.closer.clone();
+        let close_all = self.ctx.close_all.clone();
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = close_all.cancelled() => {
+                    closer.close(CLOSE_GOING_AWAY, "server shutting down");
+                    return;
+                }
+                _ = closer.closed() => return,
+                next = tokio::time::timeout(self.ctx.idle_timeout, stream.next()) => next,
+            };
+            let message = match next {
+                Err(_elapsed) => {
+                    closer.close(CLOSE_GOING_AWAY, "idle timeout");
+                    return;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(err))) => {
+                    let text = err.to_string();
+                    if text.contains("Space limit exceeded") || text.contains("too long") {
+                        closer.close(CLOSE_TOO_BIG, "frame too big");
+                        return;
+                    }
+                    tracing::debug!(error = %err, "websocket read failed");
+                    break;
+                }
+                Ok(Some(Ok(message))) => message,
+            };
+            match message {
+                Message::Text(text) => {
+                    tokio::select! {
+                        biased;
+                        _ = closer.closed() => return,
+                        () = close_all.cancelled() => {
+                            closer.close(CLOSE_GOING_AWAY, "server shutting down");
+                            return;
+                        }
+                        () = self.handle(&text) => {}
+                    }
+                }
+                Message::Binary(_) => {
+                    self.reply_error(ProtocolError::new(
+                        ErrorCode::BinaryNotSupported,
+                        "frames are JSON text; binary frames are not supported",
+                    ))
+                    .await;
+                }
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+        closer.close(1000, "");
+    }
+
+    async fn handle(&mut self, text: &str) {
+        let request = match protocol::parse(text, self.ctx.limits) {
+            Ok(request) => request,
+            Err(err) => return self.reply_error(err).await,
+        };
+        let id = request.id;
+        let result = match request.command {
+            Command::Subscribe { channel, start } => {
+                self.subscribe(channel, start, id.as_ref()).await
+            }
+            Command::Unsubscribe { channel } => match self.subscriptions.remove(&channel) {
+                Some(subscription) => {
+                    drop(subscription);
+                    self.ctx.metrics.subscriptions.dec();
+                    let frame = ServerFrame::Unsubscribed {
+                        channel: &channel,
+                        reply_to: id.as_ref(),
+                    };
+                    self.send(frame.to_json()).await;
+                    Ok(())
+                }
+                None => Err(ProtocolError::new(
+                    ErrorCode::NotSubscribed,
+                    format!("not subscribed to {channel}"),
+                )),
+            },
+            Command::Publish {
+                channel,
+                author,
+                text,
+            } => {
+                self.publish(
+                    Publication {
+                        channel,
+                        author,
+                        text,
+                    },
+                    id.clone(),
+                );
+                Ok(())
+            }
+            Command::Ping => {
+                self.send(
+                    ServerFrame::Pong {
+                        reply_to: id.as_ref(),
+                    }
+                    .to_json(),
+                )
+                .await;
+                Ok(())
+            }
+        };
+        if let Err(err) = result {
+            self.reply_error(err.reply_to(id)).await;
+        }
+    }
+
+    /// Gap-free subscribe: registered with the hub first (buffering), then history, then the
+    /// buffered messages above the last one sent, then live.
+    async fn subscribe(
+        &mut self,
+        channel: ChannelName,
+        start: Start,
+        id: Option<&Value>,
+    ) -> Result<(), ProtocolError> {
+        if self.subscriptions.contains_key(&channel) {
+            return Err(ProtocolError::new(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {channel}"),
+            ));
+        }
+        if self.subscriptions.len() >= self.ctx.max_subscriptions {
+            return Err(ProtocolError::new(
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "a connection holds at most {} subscriptions",
+                    self.ctx.max_subscriptions
+                ),
+            ));
+        }
+        let unavailable = |what: &str| {
+            ProtocolError::new(
+                ErrorCode::HistoryUnavailable,
+                format!("{what} is unavailable; retry later"),
+            )
+        };
+        let subscription = self
+            .ctx
+            .hub
+            .subscribe(&channel, self.outbox.clone(), HUB_WAIT)
+            .await
+            .map_err(|_| unavailable("the live stream"))?;
+
+        let store = &self.ctx.store;
+        let (messages, mut cursor, more) = match start {
+            Start::Last(0) => {
+                let last = self.timed(store.last_seq(&channel)).await;
+                (Vec::new(), last.map_err(|_| unavailable("history"))?, false)
+            }
+            Start::Last(limit) => {
+                let page = self.timed(store.latest(&channel, limit)).await;
+                let page = page.map_err(|_| unavailable("history"))?;
+                let cursor = page.last().map_or(0, |m| m.seq);
+                (page, cursor, false)
+            }
+            Start::Since(since) => {
+                let page = self.timed(store.after(&channel, since, PAGE_SIZE)).await;
+                let page = page.map_err(|_| unavailable("history"))?;
+                let more = page.len() as i64 == PAGE_SIZE;
+                let cursor = match page.last() {
+                    Some(m) => m.seq,
+                    None => {
+                        let last = self.timed(store.last_seq(&channel)).await;
+                        since.min(last.map_err(|_| unavailable("history"))?)
+                    }
+                };
+                (page, cursor, more)
+            }
+        };
+        let frame = ServerFrame::Subscribed {
+            channel: &channel,
+            messages: &messages,
+            last_seq: cursor,
+            reply_to: id,
+        };
+        self.send(frame.to_json()).await;
+        drop(messages);
+        if more {
+            cursor = self.catch_up(&channel, cursor).await?;
+        }
+        loop {
+            match self.ctx.hub.go_live(&subscription, cursor) {
+                GoLive::Live => break,
+                GoLive::Closed => return Ok(()),
+                GoLive::CatchUp => {
+                    let before = cursor;
+                    cursor = self.catch_up(&channel, cursor).await?;
+                    if cursor == before {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }
+        self.subscriptions.insert(channel, subscription);
+        self.ctx.metrics.subscriptions.inc();
+        Ok(())
+    }
+
+    /// Sends every stored message after `cursor` as `message` frames, a page at a time.
+    /// Returns the new cursor.
+    async fn catch_up(&self, channel: &ChannelName, mut cursor: i64) -> Result<i64, ProtocolError> {
+        loop {
+            let page = self
+                .timed(self.ctx.store.after(channel, cursor, PAGE_SIZE))
+                .await
+                .map_err(|_| {
+                    ProtocolError::new(
+                        ErrorCode::HistoryUnavailable,
+                        "history is unavailable; resubscribe with since",
+                    )
+                })?;
+            for message in &page {
+                self.send(message_frame(message)).await;
+                cursor = message.seq;
+            }
+            if (page.len() as i64) < PAGE_SIZE {
+                return Ok(cursor);
+            }
+        }
+    }
+
+    fn publish(&self, publication: Publication, id: Option<Value>) {
+        let publisher = self.ctx.publisher.clone();
+        let metrics = self.ctx.metrics.clone();
+        let frames = self.outbox.frames.clone();
+        tokio::spawn(async move {
+            let frame = match publisher.publish(&publication).await {
+                Ok(message_id) => {
+                    metrics.published.with_label_values(&["ok"]).inc();
+                    ServerFrame::Published {
+                        channel: &publication.channel,
+                        id: message_id.to_string(),
+                        reply_to: id.as_ref(),
+                    }
+                    .to_json()
+                }
+                Err(err) => {
+                    tracing::warn!(channel = %publication.channel, error = %err, "publish failed");
+                    metrics.published.with_label_values(&["failed"]).inc();
+                    metrics
+                        .protocol_errors
+                        .with_label_values(&["publish_failed"])
+                        .inc();
+                    ProtocolError::new(
+                        ErrorCode::PublishFailed,
+                        "kafka did not acknowledge the message; retry",
+                    )
+                    .reply_to(id)
+                    .to_frame()
+                }
+            };
+            let _ = frames.send(frame.into()).await;
+        });
+    }
+
+    async fn timed<T, E>(
+        &self,
+        query: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E>
+    where
+        E: std::fmt::Display,
+    {
+        let started = Instant::now();
+        let result = query.await;
+        self.ctx
+            .metrics
+            .history_query_duration
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(err) = &result {
+            tracing::warn!(error = %err, "history query failed");
+        }
+        result
+    }
+
+    async fn reply_error(&self, err: ProtocolError) {
+        let code = serde_json::to_value(err.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.ctx
+            .metrics
+            .protocol_errors
+            .with_label_values(&[&code])
+            .inc();
+        self.send(err.to_frame()).await;
+    }
+
+    /// Queues a reply. Replies wait for room (they slow down only this client's own commands).
+    async fn send(&self, frame: String) {
+        let _ = self.outbox.frames.send(Frame::from(frame)).await;
+    }
+}
+
+fn message_frame(message: &StoredMessage) -> String {
+    ServerFrame::Message {
+        channel: &message.channel,
+        message,
+    }
+    .to_json()
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocketStream, Message>,
+    mut queue: mpsc::Receiver<Frame>,
+    closer: Closer,
+    ping_interval: Duration,
+) {
+    let mut ping = tokio::time::interval(ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let (code, reason) = loop {
+        tokio::select! {
+            biased;
+            reason = closer.closed() => break reason,
+            _ = ping.tick() => {
+                let sent = tokio::select! {
+                    biased;
+                    reason = closer.closed() => break reason,
+                    sent = sink.send(Message::Ping(Vec::new())) => sent,
+                };
+                if sent.is_err() {
+                    closer.close(1000, "");
+                    return;
+                }
+            }
+            frame = queue.recv() => {
+                let Some(frame) = frame else { break (1000, "") };
+                let written = tokio::select! {
+                    biased;
+                    reason = closer.closed() => break reason,
+                    written = write_batch(&mut sink, &mut queue, frame) => written,
+                };
+                if written.is_err() {
+                    closer.close(1000, "");
+                    return;
+                }
+            }
+        }
+    };
+    let close = Message::close_with(code, reason);
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = sink.send(close).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+/// Feeds the frame and whatever else is waiting, then flushes once.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocketStream, Message>,
+    queue: &mut mpsc::Receiver<Frame>,
+    first: Frame,
+) -> std::io::Result<()> {
+    sink.feed(Message::Text(first.to_string())).await?;
+    for _ in 1..MAX_WRITE_BATCH {
+        match queue.try_recv() {
+            Ok(frame) => sink.feed(Message::Text(frame.to_string())).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}

@@ -1,0 +1,97 @@
+//! Configuration. Every setting is a flag and an environment variable; the defaults point at
+//! services on localhost so that a bare `cargo run` works next to `scripts/services`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_core::telemetry::LogFormat;
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chat-ws-server",
+    version,
+    about = "WebSocket and REST front of the chat backend: history + live messages, publishing"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Topic that published messages are produced to.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
+    pub kafka_topic: String,
+    /// PostgreSQL connection URL (a secret: never logged).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://chat:chat@127.0.0.1:5432/chat",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub database_url: String,
+    /// Size of the PostgreSQL connection pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
+    pub database_max_connections: u32,
+    /// Redis connection URL (a secret: never logged).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+    /// Prefix of the Redis pub/sub channels: messages of channel C arrive on `<prefix>C`.
+    #[arg(long, env = "REDIS_PREFIX", default_value = chat_core::envelope::DEFAULT_REDIS_PREFIX)]
+    pub redis_prefix: String,
+    /// Address of the HTTP server (WebSocket, REST, health, metrics).
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Messages returned when a subscribe or a REST read gives no limit.
+    #[arg(long, env = "HISTORY_DEFAULT_LIMIT", default_value_t = 50)]
+    pub history_default_limit: i64,
+    /// Largest accepted `limit` of a subscribe or a REST read.
+    #[arg(long, env = "HISTORY_MAX_LIMIT", default_value_t = 1000)]
+    pub history_max_limit: i64,
+    /// Most subscriptions one WebSocket connection may hold.
+    #[arg(long, env = "WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub ws_max_subscriptions: usize,
+    /// Frames waiting to be written to one connection before it counts as a slow consumer and is
+    /// closed with 4008.
+    #[arg(long, env = "WS_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub ws_outbound_queue: usize,
+    /// Largest accepted incoming WebSocket frame or message, in bytes; a bigger one closes with 1009.
+    #[arg(long, env = "WS_MAX_FRAME_BYTES", default_value_t = 65536)]
+    pub ws_max_frame_bytes: usize,
+    /// Seconds between server pings.
+    #[arg(long, env = "WS_PING_INTERVAL_SECS", default_value_t = 20)]
+    pub ws_ping_interval_secs: u64,
+    /// A connection that sends nothing (not even a pong) for this many seconds is closed.
+    #[arg(long, env = "WS_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub ws_idle_timeout_secs: u64,
+    /// Seconds between SIGTERM (readiness turns 503) and closing every socket with 1001.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 5)]
+    pub shutdown_drain_secs: u64,
+    /// Log format: json or text.
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ws_ping_interval_secs.max(1))
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.ws_idle_timeout_secs.max(1))
+    }
+
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_secs(self.shutdown_drain_secs)
+    }
+}

@@ -1,0 +1,280 @@
+//! Wiring: build every component from [`Settings`], bind the listener, then run until a
+//! shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chat_core::store::Store;
+use chat_core::telemetry::redact_url;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::web::websocket::{WebSocket, WebSocketConfig};
+use poem::web::{Data, Html};
+use poem::{get, handler, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::OpenApiService;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::ChatApi;
+use crate::health::{self, Probes};
+use crate::hub::{Hub, PubSubTask};
+use crate::metrics::Metrics;
+use crate::protocol::Limits;
+use crate::publish::KafkaPublisher;
+use crate::session::{self, SessionContext};
+use crate::settings::Settings;
+
+/// A built server: listener bound, clients created, nothing running yet.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    local_addr: SocketAddr,
+    settings: Settings,
+    metrics: Metrics,
+    draining: Arc<AtomicBool>,
+    pubsub: PubSubTask,
+    hub_stop: CancellationToken,
+    sessions: Arc<SessionContext>,
+    tracker: TaskTracker,
+    probes: Probes,
+    api: ChatApi,
+}
+
+struct WsState {
+    sessions: Arc<SessionContext>,
+    tracker: TaskTracker,
+    draining: Arc<AtomicBool>,
+    max_frame_bytes: usize,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let store = Store::connect_lazy(&settings.database_url, settings.database_max_connections)
+            .context("invalid DATABASE_URL")?;
+        let publisher = KafkaPublisher::new(&settings.kafka_brokers, &settings.kafka_topic)
+            .context("creating the Kafka producer")?;
+        let hub_stop = CancellationToken::new();
+        let (hub, pubsub) = Hub::new(
+            &settings.redis_url,
+            &settings.redis_prefix,
+            store.clone(),
+            settings.ws_outbound_queue,
+            metrics.clone(),
+            hub_stop.clone(),
+        )
+        .context("invalid REDIS_URL")?;
+        let acceptor = TcpListener::bind(settings.http_addr.to_string())
+            .into_acceptor()
+            .await
+            .with_context(|| format!("binding {}", settings.http_addr))?;
+        let local_addr = *acceptor
+            .local_addr()
+            .first()
+            .and_then(|addr| addr.as_socket_addr())
+            .context("listener has no socket address")?;
+        let limits = Limits {
+            default_limit: settings.history_default_limit,
+            max_limit: settings.history_max_limit,
+        };
+        let sessions = Arc::new(SessionContext {
+            hub: hub.clone(),
+            store: store.clone(),
+            publisher: publisher.clone(),
+            metrics: metrics.clone(),
+            limits,
+            max_subscriptions: settings.ws_max_subscriptions,
+            outbound_queue: settings.ws_outbound_queue,
+            ping_interval: settings.ping_interval(),
+            idle_timeout: settings.idle_timeout(),
+            close_all: CancellationToken::new(),
+        });
+        let draining = Arc::new(AtomicBool::new(false));
+        let probes = Probes {
+            draining: Arc::clone(&draining),
+            store: store.clone(),
+            hub,
+            publisher: publisher.clone(),
+            metrics: metrics.clone(),
+        };
+        let api = ChatApi {
+            store,
+            publisher,
+            metrics: metrics.clone(),
+            default_limit: settings.history_default_limit,
+            max_limit: settings.history_max_limit,
+        };
+        Ok(Self {
+            acceptor,
+            local_addr,
+            settings,
+            metrics,
+            draining,
+            pubsub,
+            hub_stop,
+            sessions,
+            tracker: TaskTracker::new(),
+            probes,
+            api,
+        })
+    }
+
+    /// The bound HTTP port (useful with `HTTP_ADDR=127.0.0.1:0`).
+    pub fn http_port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled. Then readiness turns 503 and new WebSocket
+    /// connections are refused; after the drain period every socket is closed with 1001, and
+    /// the server stops.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(
+            http.addr = %self.local_addr,
+            kafka.brokers = %self.settings.kafka_brokers,
+            kafka.topic = %self.settings.kafka_topic,
+            database = %redact_url(&self.settings.database_url),
+            redis = %redact_url(&self.settings.redis_url),
+            "chat-ws-server started"
+        );
+        let pubsub = tokio::spawn(self.pubsub.run(self.hub_stop.clone()));
+
+        let server_url = format!("http://{}", self.local_addr);
+        let api_service = OpenApiService::new(self.api, "chat-ws-server", env!("CARGO_PKG_VERSION"))
+            .description("History and publishing of the chat backend. The WebSocket protocol at /ws is described in docs/PROTOCOL.md.")
+            .server(server_url);
+        let spec = api_service.spec_endpoint();
+        let docs = api_service.swagger_ui();
+        let ws_state = Arc::new(WsState {
+            sessions: Arc::clone(&self.sessions),
+            tracker: self.tracker.clone(),
+            draining: Arc::clone(&self.draining),
+            max_frame_bytes: self.settings.ws_max_frame_bytes,
+        });
+        let metrics = self.metrics.clone();
+        let routes = Route::new()
+            .at("/", get(index))
+            .at("/ws", get(ws).data(ws_state))
+            .at("/healthz", get(health::healthz))
+            .at("/readyz", get(health::readyz))
+            .at("/metrics", get(health::metrics))
+            .at("/openapi.json", spec)
+            .nest("/docs", docs)
+            .nest("/", api_service)
+            .data(self.probes.clone())
+            .catch_all_error(crate::error::render)
+            .around(move |endpoint, request| {
+                let metrics = metrics.clone();
+                async move { observe(endpoint, request, metrics).await }
+            });
+
+        let http_stop = CancellationToken::new();
+        let server = {
+            let stop = http_stop.clone();
+            tokio::spawn(async move {
+                poem::Server::new_with_acceptor(self.acceptor)
+                    .run_with_graceful_shutdown(
+                        routes,
+                        stop.cancelled_owned(),
+                        Some(Duration::from_secs(2)),
+                    )
+                    .await
+            })
+        };
+
+        shutdown.cancelled().await;
+        self.draining.store(true, Ordering::Relaxed);
+        tracing::info!(
+            drain_secs = self.settings.shutdown_drain_secs,
+            connections = self.metrics.connections.get(),
+            "draining"
+        );
+        tokio::time::sleep(self.settings.shutdown_drain()).await;
+        self.sessions.close_all.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(12), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close in time");
+        }
+        http_stop.cancel();
+        self.hub_stop.cancel();
+        let _ = pubsub.await;
+        server
+            .await
+            .context("http server task")?
+            .context("http server")?;
+        tracing::info!("chat-ws-server stopped");
+        Ok(())
+    }
+}
+
+#[handler]
+fn ws(websocket: WebSocket, Data(state): Data<&Arc<WsState>>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        return poem::web::Json(serde_json::json!({
+            "code": "unavailable",
+            "message": "the server is shutting down; reconnect elsewhere"
+        }))
+        .with_status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
+        .into_response();
+    }
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(state.max_frame_bytes))
+        .max_message_size(Some(state.max_frame_bytes));
+    let sessions = Arc::clone(&state.sessions);
+    let tracker = state.tracker.clone();
+    websocket
+        .config(config)
+        .on_upgrade(move |socket| tracker.track_future(session::run(socket, sessions)))
+        .into_response()
+}
+
+#[handler]
+fn index() -> Html<&'static str> {
+    Html(include_str!("index.html"))
+}
+
+/// Counts HTTP requests by route template (never the raw path: bounded cardinality) and status.
+async fn observe<E: Endpoint>(
+    endpoint: E,
+    request: Request,
+    metrics: Metrics,
+) -> poem::Result<Response> {
+    let route = route_of(request.uri().path());
+    let started = Instant::now();
+    let response = match endpoint.call(request).await {
+        Ok(response) => response.into_response(),
+        Err(err) => crate::error::render(err).await,
+    };
+    metrics
+        .http_requests
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    metrics
+        .http_request_duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/" => "/",
+        "/ws" => "/ws",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        "/openapi.json" => "/openapi.json",
+        p if p.starts_with("/docs") => "/docs",
+        p if p.starts_with("/channels/") && p.ends_with("/messages") => {
+            "/channels/{channel}/messages"
+        }
+        _ => "other",
+    }
+}
