@@ -148,7 +148,7 @@ impl Application {
             .description("History and publishing of the chat backend. The WebSocket protocol at /ws is described in docs/PROTOCOL.md.")
             .server(server_url);
         let spec = api_service.spec_endpoint();
-        let docs = api_service.swagger_ui();
+        let docs_html = api_service.swagger_ui_html();
         let ws_state = Arc::new(WsState {
             sessions: Arc::clone(&self.sessions),
             tracker: self.tracker.clone(),
@@ -163,8 +163,11 @@ impl Application {
             .at("/readyz", get(health::readyz))
             .at("/metrics", get(health::metrics))
             .at("/openapi.json", spec)
-            .nest("/docs", docs)
-            .nest("/", api_service)
+            .at(
+                "/docs",
+                get(poem::endpoint::make_sync(move |_| Html(docs_html.clone()))),
+            )
+            .nest_no_strip("/channels", api_service)
             .data(self.probes.clone())
             .catch_all_error(crate::error::render)
             .around(move |endpoint, request| {

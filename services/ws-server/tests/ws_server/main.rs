@@ -1,5 +1,6 @@
 //! chat-ws-server against real Kafka, PostgreSQL and Redis, with the real chat-worker, through
 //! a real WebSocket client. Each test has its own database, topic and Redis prefix.
 
+mod rest;
 mod subscribe;
 mod support;
