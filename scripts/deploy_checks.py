@@ -1,0 +1,554 @@
+#!/usr/bin/env python3
+"""Static checks of the deployment files, run by scripts/validate-deploy (inside its venv).
+
+Each subcommand prints `ok ...` / `FAIL ...` / `WARN ...` lines and exits non-zero on any FAIL.
+What "the code" offers is read from the Rust sources, so the checks follow the code:
+  - environment variables: `env = "NAME"` (clap) and `env::var("NAME")` in
+    services/<pkg>/src/**/*.rs and crates/chat-core/src/**/*.rs, plus the standard variables
+    read by libraries (RUST_LOG by tracing-subscriber, OTEL_* by OpenTelemetry);
+  - HTTP routes: `.at("/path"` (poem) and `path = "/path"` (poem-openapi);
+  - default port: the `default_value` of the clap argument with `env = "HTTP_ADDR"`.
+A service whose sources do not exist yet is checked against the documented contract instead
+(with a WARN), so the check becomes strict as soon as the code lands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BINARIES = ("chat-worker", "chat-ws-server")
+
+# The documented contract (docs/DEPLOY.md, issue 4), used only while a service's code is absent.
+DOCUMENTED_ENV = {
+    "chat-worker": {
+        "KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_DLQ_TOPIC", "KAFKA_GROUP_ID", "DATABASE_URL",
+        "DATABASE_MAX_CONNECTIONS", "REDIS_URL", "REDIS_PREFIX", "HTTP_ADDR", "BATCH_MAX_RECORDS",
+        "BATCH_LINGER_MS", "RETRY_MAX_BACKOFF_MS", "LOG_FORMAT",
+    },
+    "chat-ws-server": {
+        "KAFKA_BROKERS", "KAFKA_TOPIC", "DATABASE_URL", "DATABASE_MAX_CONNECTIONS", "REDIS_URL",
+        "REDIS_PREFIX", "HTTP_ADDR", "HISTORY_DEFAULT_LIMIT", "HISTORY_MAX_LIMIT",
+        "WS_MAX_SUBSCRIPTIONS", "WS_OUTBOUND_QUEUE", "WS_MAX_FRAME_BYTES", "WS_PING_INTERVAL_SECS",
+        "WS_IDLE_TIMEOUT_SECS", "SHUTDOWN_DRAIN_SECS", "LOG_FORMAT",
+    },
+}
+DOCUMENTED_PORT = {"chat-worker": 8081, "chat-ws-server": 8080}
+DOCUMENTED_ROUTES = {"/healthz", "/readyz", "/metrics"}
+# Read by libraries rather than by a clap argument.
+STANDARD_ENV = {"RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
+# The worker finishes its batch and exits within this many seconds of SIGTERM.
+WORKER_STOP_SECS = 10
+
+
+class Report:
+    def __init__(self, title: str):
+        self.title = title
+        self.failures = 0
+        self.warnings = 0
+        self.oks = 0
+
+    def ok(self, msg: str) -> None:
+        self.oks += 1
+        print(f"  ok    {msg}")
+
+    def fail(self, msg: str) -> None:
+        self.failures += 1
+        print(f"  FAIL  {msg}")
+
+    def warn(self, msg: str) -> None:
+        self.warnings += 1
+        print(f"  WARN  {msg}")
+
+    def check(self, cond: bool, msg: str) -> bool:
+        (self.ok if cond else self.fail)(msg)
+        return cond
+
+    def done(self) -> int:
+        print(f"  -> {self.title}: {self.oks} ok, {self.failures} failed, {self.warnings} warnings")
+        return 1 if self.failures else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML loading with duplicate-key detection (Kubernetes rejects them; PyYAML keeps the last).
+
+class StrictLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_docs(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [d for d in yaml.load_all(f, Loader=StrictLoader) if d]
+
+
+# ---------------------------------------------------------------------------------------------
+# What the code offers.
+
+def _rs_files(d: Path) -> list[Path]:
+    return sorted(d.glob("src/**/*.rs")) if d.is_dir() else []
+
+
+def service_dir(binary: str) -> Path | None:
+    for cargo in sorted(ROOT.glob("services/*/Cargo.toml")):
+        if re.search(rf'^name\s*=\s*"{re.escape(binary)}"', cargo.read_text(), re.M):
+            return cargo.parent
+    return None
+
+
+class CodeContract:
+    def __init__(self, binary: str):
+        self.binary = binary
+        self.dir = service_dir(binary)
+        self.from_code = bool(self.dir and _rs_files(self.dir))
+        if not self.from_code:
+            self.env = DOCUMENTED_ENV[binary] | STANDARD_ENV
+            self.routes = set(DOCUMENTED_ROUTES)
+            self.port = DOCUMENTED_PORT[binary]
+            return
+        texts = [p.read_text() for p in _rs_files(self.dir)]
+        texts += [p.read_text() for p in _rs_files(ROOT / "crates" / "chat-core")]
+        code = "\n".join(texts)
+        env = set(re.findall(r'\benv\s*=\s*"([A-Z][A-Z0-9_]*)"', code))
+        env |= set(re.findall(r'env::var(?:_os)?\(\s*"([A-Z][A-Z0-9_]*)"', code))
+        self.env = env | STANDARD_ENV
+        service_code = "\n".join(p.read_text() for p in _rs_files(self.dir))
+        self.routes = set(re.findall(r'\.at\(\s*"(/[^"]*)"', service_code))
+        self.routes |= set(re.findall(r'\bpath\s*=\s*"(/[^"]*)"', service_code))
+        self.port = None
+        for attr in re.findall(r"#\[arg\((?:[^()]|\([^()]*\))*\)\]", code, re.S):
+            if re.search(r'env\s*=\s*"HTTP_ADDR"', attr):
+                m = re.search(r'default_value\s*=\s*"[^"]*:(\d+)"', attr)
+                if m:
+                    self.port = int(m.group(1))
+
+    def describe(self) -> str:
+        where = f"{self.dir.relative_to(ROOT)}/src" if self.from_code else "the documented contract (no code yet)"
+        return f"{self.binary}: {len(self.env)} env vars, routes {sorted(self.routes)}, default port {self.port} from {where}"
+
+
+_contracts: dict[str, CodeContract] = {}
+
+
+def contract(binary: str) -> CodeContract:
+    if binary not in _contracts:
+        _contracts[binary] = CodeContract(binary)
+    return _contracts[binary]
+
+
+def announce_contracts(rep: Report) -> None:
+    for b in BINARIES:
+        c = contract(b)
+        (rep.ok if c.from_code else rep.warn)(c.describe())
+        if c.from_code and c.port is None:
+            rep.warn(f"{b}: no default_value found for HTTP_ADDR in the code; using {DOCUMENTED_PORT[b]}")
+            c.port = DOCUMENTED_PORT[b]
+
+
+# ---------------------------------------------------------------------------------------------
+# yaml-syntax: every YAML file parses, without duplicate keys.
+
+def cmd_yaml_syntax(args) -> int:
+    rep = Report("YAML syntax (parse, no duplicate keys)")
+    for f in args.files:
+        try:
+            n = len(load_docs(Path(f)))
+            rep.ok(f"{f}: {n} document(s)")
+        except yaml.YAMLError as e:
+            rep.fail(f"{f}: {e}".replace("\n", " "))
+    return rep.done()
+
+
+# ---------------------------------------------------------------------------------------------
+# k8s-schema: every object against the Kubernetes OpenAPI-derived JSON schemas, offline
+# (the schemas ship in the kubernetes-validate package), strict: unknown fields are errors.
+# Kinds without a schema fail, except the CRD kinds listed in SKIP_KINDS (no CRD schema offline).
+
+SKIP_KINDS = {"ServiceMonitor": "Prometheus Operator CRD: no schema offline"}
+
+
+def cmd_k8s_schema(args) -> int:
+    import kubernetes_validate as kv
+    from kubernetes_validate import utils as kvu
+
+    rep = Report(f"Kubernetes {args.kube_version} schemas (strict) for {', '.join(args.files)}")
+    for f in args.files:
+        for doc in load_docs(Path(f)):
+            name = f"{f}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+            if doc.get("kind") in SKIP_KINDS:
+                rep.warn(f"{name} skipped ({SKIP_KINDS[doc['kind']]})")
+                continue
+            try:
+                kv.validate(doc, args.kube_version, strict=True)
+                rep.ok(f"{name} ({doc.get('apiVersion')})")
+            except kvu.SchemaNotFoundError as e:
+                rep.fail(f"{name}: {e.message}")
+            except kvu.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                rep.fail(f"{name}: {path}: {e.message}")
+            except kvu.VersionNotSupportedError as e:
+                rep.fail(e.message)
+                return rep.done()
+    return rep.done()
+
+
+# ---------------------------------------------------------------------------------------------
+# values-comments: every key of values.yaml is documented by a comment right above it, or
+# lies inside a key documented with `# --` (helm-docs convention: the comment covers the subtree).
+
+def cmd_values_comments(args) -> int:
+    rep = Report("values.yaml: a comment on every key")
+    lines = Path(args.values).read_text().splitlines()
+    stack: list[tuple[int, bool]] = []  # (indent, documented-subtree)
+    undocumented = []
+    comments: list[str] = []  # the comment block right above the current line
+    for no, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comments.append(stripped)
+            continue
+        m = re.match(r"^(\s*)(-\s+)?([A-Za-z0-9_.\-/\"']+):(\s|$)", line)
+        if m:
+            indent = len(m.group(1)) + (len(m.group(2)) if m.group(2) else 0)
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            inherited = any(doc for _, doc in stack)
+            documents_subtree = bool(comments) and comments[0].startswith("# --")
+            is_parent = re.match(r"^\s*(-\s+)?[^:]+:\s*$", line) is not None
+            if not (comments or inherited or is_parent):
+                undocumented.append(f"line {no}: {stripped}")
+            stack.append((indent, documents_subtree or inherited))
+        if stripped:
+            comments = []
+    if undocumented:
+        for u in undocumented:
+            rep.fail(f"no comment for {u}")
+    else:
+        rep.ok(f"{args.values}: every leaf key is documented")
+    return rep.done()
+
+
+# ---------------------------------------------------------------------------------------------
+# chart: consistency of a rendered scenario with the code.
+
+def _labels_match(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _resolve_port(port, container: dict):
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return p.get("containerPort")
+    return None
+
+
+def _container_env(container: dict, configmaps: dict, rep: Report, where: str) -> dict:
+    env = {}
+    for src in container.get("envFrom", []):
+        if "configMapRef" in src:
+            name = src["configMapRef"]["name"]
+            if name not in configmaps:
+                rep.fail(f"{where}: envFrom ConfigMap {name!r} is not rendered")
+                continue
+            env.update({k: str(v) for k, v in (configmaps[name].get("data") or {}).items()})
+        else:
+            rep.fail(f"{where}: envFrom {list(src)} hides variable names from this check")
+    for e in container.get("env", []):
+        env[e["name"]] = e.get("value", "<from " + ",".join(e.get("valueFrom", {})) + ">")
+    return env
+
+
+def _binary_of(container: dict) -> str | None:
+    cmd = (container.get("command") or [None])[0]
+    if cmd and Path(cmd).name in BINARIES:
+        return Path(cmd).name
+    return None
+
+
+def cmd_chart(args) -> int:
+    rep = Report(f"chart scenario {args.scenario}: probes, ports, env vs code")
+    announce_contracts(rep)
+    docs = load_docs(Path(args.rendered))
+    by_kind: dict[str, list[dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    configmaps = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
+    services = by_kind.get("Service", [])
+    seen = set()
+
+    for dep in by_kind.get("Deployment", []):
+        name = dep["metadata"]["name"]
+        app = dep["metadata"]["labels"].get("app.kubernetes.io/name")
+        if app not in BINARIES:
+            rep.fail(f"Deployment {name}: app.kubernetes.io/name {app!r} is not one of {BINARIES}")
+            continue
+        seen.add(app)
+        c = contract(app)
+        pod = dep["spec"]["template"]
+        spec = pod["spec"]
+        containers = spec["containers"]
+        main = next((x for x in containers if x["name"] == app), None)
+        if not rep.check(main is not None, f"{name}: has a container named {app}"):
+            continue
+        where = f"{name}/{app}"
+        rep.check(_binary_of(main) == app, f"{where}: runs /usr/local/bin/{app} (command {main.get('command')})")
+        http = _resolve_port("http", main)
+        if not rep.check(http is not None, f"{where}: declares container port 'http'"):
+            continue
+        if args.defaults:
+            rep.check(http == c.port, f"{where}: default container port {http} == the code's HTTP_ADDR default {c.port}")
+        env = _container_env(main, configmaps, rep, where)
+        addr = env.get("HTTP_ADDR", "")
+        rep.check(addr.endswith(f":{http}"), f"{where}: HTTP_ADDR {addr!r} listens on container port {http}")
+        unknown = sorted(set(env) - c.env)
+        rep.check(not unknown, f"{where}: every env var is one the code reads" + (f" (unknown: {unknown})" if unknown else f" ({len(env)})"))
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+            p = main.get(probe)
+            if not rep.check(bool(p and p.get("httpGet")), f"{where}: {probe} is an httpGet probe"):
+                continue
+            got_path, got_port = p["httpGet"].get("path"), _resolve_port(p["httpGet"].get("port"), main)
+            rep.check(got_path == path and got_port == http,
+                      f"{where}: {probe} GET {got_path} on port {got_port} (want {path} on {http})")
+            rep.check(got_path in c.routes, f"{where}: {probe} path {got_path} is served by the code")
+        sc = main.get("securityContext", {})
+        psc = spec.get("securityContext", {})
+        rep.check(sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, f"{where}: runAsNonRoot")
+        rep.check(sc.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem")
+        rep.check(sc.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation false")
+        rep.check("checksum/config" in (pod["metadata"].get("annotations") or {}), f"{name}: pod has a checksum/config annotation")
+        rep.check(bool(main.get("resources", {}).get("requests")), f"{where}: resource requests set")
+        # Shutdown budget: preStop sleep + drain (ws-server) or batch time (worker) < grace period.
+        pre = main.get("lifecycle", {}).get("preStop", {})
+        sleep = pre.get("sleep", {}).get("seconds")
+        if sleep is None and pre.get("exec"):
+            cmd = pre["exec"]["command"]
+            sleep = int(cmd[-1]) if cmd and cmd[0] == "sleep" else 0
+        sleep = sleep or 0
+        stop = int(env.get("SHUTDOWN_DRAIN_SECS", 0)) if app == "chat-ws-server" else WORKER_STOP_SECS
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        rep.check(grace > sleep + stop, f"{name}: terminationGracePeriodSeconds {grace} > preStop {sleep} s + shutdown {stop} s")
+        # A Service selects these pods and targets the http port.
+        labels = pod["metadata"]["labels"]
+        svcs = [s for s in services if _labels_match(s["spec"].get("selector", {}), labels)]
+        if rep.check(len(svcs) == 1, f"{name}: exactly one Service selects its pods ({[s['metadata']['name'] for s in svcs]})"):
+            svc = svcs[0]
+            rep.check(svc["metadata"]["labels"].get("app.kubernetes.io/name") == app, f"Service {svc['metadata']['name']}: app.kubernetes.io/name {app}")
+            for sp in svc["spec"]["ports"]:
+                tp = _resolve_port(sp.get("targetPort", sp["port"]), main)
+                rep.check(tp == http, f"Service {svc['metadata']['name']}: port {sp['port']} targets container port {tp} (want {http})")
+
+    rep.check(seen == set(BINARIES), f"both Deployments rendered ({sorted(seen)})")
+
+    # The migration hook Job: chat-worker migrate, before install and upgrade.
+    jobs = [j for j in by_kind.get("Job", []) if "migrate" in j["metadata"]["name"]]
+    if rep.check(len(jobs) == 1, "one migration Job"):
+        job = jobs[0]
+        hooks = set((job["metadata"].get("annotations") or {}).get("helm.sh/hook", "").split(","))
+        rep.check({"pre-install", "pre-upgrade"} <= hooks, f"migration Job is a pre-install,pre-upgrade hook ({sorted(hooks)})")
+        ctr = job["spec"]["template"]["spec"]["containers"][0]
+        rep.check(_binary_of(ctr) == "chat-worker" and ctr.get("args") == ["migrate"], f"migration Job runs `chat-worker migrate` ({ctr.get('command')} {ctr.get('args')})")
+        env = _container_env(ctr, {}, rep, "migration Job")
+        rep.check("DATABASE_URL" in env, "migration Job gets DATABASE_URL")
+        unknown = sorted(set(env) - contract("chat-worker").env)
+        rep.check(not unknown, "migration Job: every env var is one chat-worker reads" + (f" (unknown: {unknown})" if unknown else ""))
+
+    # helm test pods GET /readyz through a rendered Service port.
+    svc_ports = {(s["metadata"]["name"], p["port"]) for s in services for p in s["spec"]["ports"]}
+    for pod in by_kind.get("Pod", []):
+        hook = (pod["metadata"].get("annotations") or {}).get("helm.sh/hook")
+        urls = [a for c in pod["spec"]["containers"] for a in c.get("args", []) if a.startswith("http")]
+        for url in urls:
+            m = re.match(r"http://([^:/]+):(\d+)(/\S*)", url)
+            ok = bool(m) and (m.group(1), int(m.group(2))) in svc_ports and m.group(3) == "/readyz"
+            rep.check(hook == "test" and ok, f"test Pod {pod['metadata']['name']}: hook {hook!r} GET {url} hits a Service port and /readyz")
+
+    # Every rendered kind is one this chart means to produce.
+    expected = {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "Job", "Pod",
+                "HorizontalPodAutoscaler", "Ingress", "ServiceMonitor", "Secret"}
+    for kind in sorted(set(by_kind) - expected):
+        rep.fail(f"unexpected kind {kind}")
+    for sec in by_kind.get("Secret", []):
+        hooks = (sec["metadata"].get("annotations") or {}).get("helm.sh/hook", "")
+        rep.check(args.dev_secret_allowed and "pre-install" in hooks,
+                  f"Secret {sec['metadata']['name']} only as the dev-only hook (devSecret.create)")
+    return rep.done()
+
+
+# ---------------------------------------------------------------------------------------------
+# compose: schema + consistency with the code.
+
+def _validate_schema(instance, schema: dict, rep: Report, what: str) -> None:
+    import jsonschema
+
+    declared = str(schema.get("$schema", "")).rstrip("#")
+    # compose-spec says ".../draft-07/schema" (no "#"), skaffold's schemas say nothing: both are draft 7.
+    cls = (jsonschema.Draft7Validator if not declared or "draft-07" in declared
+           else jsonschema.validators.validator_for(schema))
+    cls.check_schema(schema)
+    errors = sorted(cls(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    for e in errors[:20]:
+        # An anyOf/oneOf failure says "not valid under any of the given schemas" about the whole
+        # document: report the deepest sub-error instead, which names the offending key.
+        while e.context:
+            e = max(e.context, key=lambda sub: (len(sub.absolute_path), sub.validator == "additionalProperties"))
+        msg = e.message if len(e.message) < 300 else e.message[:300] + "…"
+        rep.fail(f"{what}: at /{'/'.join(map(str, e.absolute_path))}: {msg}")
+    if not errors:
+        rep.ok(f"{what}: valid against {schema.get('$id') or schema.get('title') or 'its schema'}")
+
+
+def _compose_env(svc: dict) -> dict:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict((e.split("=", 1) + [""])[:2] for e in env)
+    return {k: ("" if v is None else str(v)) for k, v in env.items()}
+
+
+def cmd_compose(args) -> int:
+    rep = Report("docker-compose.yml: Compose schema, healthchecks, env and ports vs code")
+    announce_contracts(rep)
+    doc = load_docs(Path(args.file))[0]
+    _validate_schema(doc, json.loads(Path(args.schema).read_text()), rep, args.file)
+    services = doc.get("services", {})
+    one_shot = {t for s in services.values() for t, d in (s.get("depends_on") or {}).items()
+                if isinstance(d, dict) and d.get("condition") == "service_completed_successfully"}
+    for name, svc in services.items():
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            rep.check(dep in services, f"{name}: depends_on {dep} exists")
+            if isinstance(cond, dict) and cond.get("condition") == "service_healthy":
+                rep.check("healthcheck" in services.get(dep, {}), f"{name}: depends_on {dep} service_healthy, and {dep} has a healthcheck")
+        if name in one_shot:
+            rep.check(str(svc.get("restart", "no")) == "no", f"{name}: one-shot (service_completed_successfully) with restart 'no'")
+        else:
+            hc = svc.get("healthcheck") or {}
+            rep.check(bool(hc.get("test")) and not hc.get("disable"), f"{name}: server has a healthcheck")
+        ep = svc.get("entrypoint") or []
+        binary = Path(ep[0]).name if ep and Path(ep[0]).name in BINARIES else None
+        if not binary:
+            continue
+        c = contract(binary)
+        rep.check(str(svc.get("image", "")).split(":")[0] == "chat-stream" and svc.get("build") is not None,
+                  f"{name}: image chat-stream built from the repository ({svc.get('image')}, build {svc.get('build')})")
+        env = _compose_env(svc)
+        unknown = sorted(set(env) - c.env)
+        rep.check(not unknown, f"{name} ({binary}): every env var is one the code reads" + (f" (unknown: {unknown})" if unknown else f" ({len(env)})"))
+        if svc.get("command") == ["migrate"] or svc.get("command") == "migrate":
+            rep.check(binary == "chat-worker" and "DATABASE_URL" in env, f"{name}: `chat-worker migrate` with DATABASE_URL")
+            continue
+        addr = env.get("HTTP_ADDR", f"0.0.0.0:{c.port}")
+        port = int(addr.rsplit(":", 1)[1])
+        targets = set()
+        for p in svc.get("ports", []):
+            s = str(p["target"] if isinstance(p, dict) else p).split("/")[0]
+            targets.add(int(s.rsplit(":", 1)[-1]))
+        rep.check(targets == {port}, f"{name}: published container port(s) {sorted(targets)} == HTTP_ADDR port {port}")
+        test = " ".join(map(str, (svc.get("healthcheck") or {}).get("test", [])))
+        m = re.search(r"https?://[^:/\s]+:(\d+)(/\S*)", test)
+        rep.check(bool(m) and int(m.group(1)) == port and m.group(2) in c.routes and m.group(2) in ("/readyz", "/healthz"),
+                  f"{name}: healthcheck GETs {m.group(2) if m else '?'} on port {m.group(1) if m else '?'}, served by the code")
+    return rep.done()
+
+
+# ---------------------------------------------------------------------------------------------
+# skaffold: schema of its apiVersion + references into the repository.
+
+def _lookup(values: dict, dotted: str) -> bool:
+    cur = values
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return False
+        cur = cur[part]
+    return True
+
+
+def cmd_skaffold(args) -> int:
+    rep = Report("skaffold.yaml: schema of its apiVersion, references")
+    docs = load_docs(Path(args.file))
+    rendered = [d for f in args.rendered for d in load_docs(Path(f))]
+    services = {d["metadata"]["name"]: d for d in rendered if d.get("kind") == "Service"}
+    artifacts = set()
+    for i, doc in enumerate(docs):
+        api = doc.get("apiVersion", "")
+        m = re.fullmatch(r"skaffold/(v\w+)", api)
+        if not rep.check(bool(m), f"config {i}: apiVersion {api!r}"):
+            continue
+        schema_file = Path(args.schema_dir) / f"{m.group(1)}.json"
+        if not rep.check(schema_file.exists(), f"config {i}: schema {schema_file.name} exists for {api}"):
+            continue
+        _validate_schema(doc, json.loads(schema_file.read_text()), rep, f"{args.file} config {i} ({doc.get('metadata', {}).get('name')})")
+        for a in (doc.get("build") or {}).get("artifacts", []):
+            artifacts.add(a["image"])
+            dockerfile = ROOT / a.get("context", ".") / (a.get("docker") or {}).get("dockerfile", "Dockerfile")
+            if dockerfile.exists():
+                rep.ok(f"artifact {a['image']}: {dockerfile.relative_to(ROOT)} exists")
+            else:
+                rep.warn(f"artifact {a['image']}: {dockerfile.relative_to(ROOT)} does not exist (yet)")
+        for pattern in (doc.get("manifests") or {}).get("rawYaml", []):
+            rep.check(bool(glob.glob(str(ROOT / pattern))), f"manifests.rawYaml {pattern} matches files")
+        for rel in ((doc.get("deploy") or {}).get("helm") or {}).get("releases", []):
+            chart = ROOT / rel["chartPath"]
+            if not rep.check((chart / "Chart.yaml").exists(), f"release {rel['name']}: chartPath {rel['chartPath']} is a chart"):
+                continue
+            values = yaml.safe_load((chart / "values.yaml").read_text())
+            for key in list(rel.get("setValueTemplates", {})) + list(rel.get("setValues", {})):
+                rep.check(_lookup(values, key), f"release {rel['name']}: value {key} exists in values.yaml")
+            for key, tpl in rel.get("setValueTemplates", {}).items():
+                for var in re.findall(r"\{\{\s*\.(IMAGE_\w+)\s*\}\}", tpl):
+                    image = re.sub(r"^IMAGE_(REPO|TAG|DIGEST|FULLY_QUALIFIED)_", "", var).replace("_", "-")
+                    rep.check(image in artifacts, f"release {rel['name']}: {key} uses {var}, the built artifact {image}")
+        for pf in doc.get("portForward", []):
+            svc = services.get(pf.get("resourceName"))
+            ports = {p["port"] for p in svc["spec"]["ports"]} if svc else set()
+            rep.check(pf.get("resourceType") == "service" and pf.get("port") in ports,
+                      f"portForward service/{pf.get('resourceName')}:{pf.get('port')} -> localhost:{pf.get('localPort')} exists in the rendered manifests")
+    rep.check("chat-stream" in artifacts, f"builds the image chat-stream ({sorted(artifacts)})")
+    return rep.done()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("yaml-syntax"); p.add_argument("files", nargs="+"); p.set_defaults(fn=cmd_yaml_syntax)
+    p = sub.add_parser("k8s-schema"); p.add_argument("files", nargs="+"); p.add_argument("--kube-version", required=True)
+    p.set_defaults(fn=cmd_k8s_schema)
+    p = sub.add_parser("values-comments"); p.add_argument("values"); p.set_defaults(fn=cmd_values_comments)
+    p = sub.add_parser("chart"); p.add_argument("rendered"); p.add_argument("--scenario", required=True)
+    p.add_argument("--defaults", action="store_true", help="the scenario keeps the default ports")
+    p.add_argument("--dev-secret-allowed", action="store_true"); p.set_defaults(fn=cmd_chart)
+    p = sub.add_parser("compose"); p.add_argument("file"); p.add_argument("--schema", required=True); p.set_defaults(fn=cmd_compose)
+    p = sub.add_parser("skaffold"); p.add_argument("file"); p.add_argument("--schema-dir", required=True)
+    p.add_argument("--rendered", nargs="+", default=[]); p.set_defaults(fn=cmd_skaffold)
+    args = ap.parse_args()
+    try:
+        return args.fn(args)
+    except (yaml.YAMLError, OSError, KeyError, TypeError, ValueError) as e:
+        print(f"  FAIL  {args.cmd}: {type(e).__name__}: {e}".replace("\n", " "))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
