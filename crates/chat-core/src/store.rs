@@ -9,7 +9,7 @@
 //!
 //! History reads are index range scans on the `(channel, seq)` primary key.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -107,7 +107,28 @@ impl Store {
         .bind(&channel_names)
         .fetch_all(&mut *tx)
         .await?;
-        let mut last_seq: HashMap<String, i64> = locked.into_iter().collect();
+        let last_seq: HashMap<String, i64> = locked.into_iter().collect();
+
+        // Optimistic path: assume no duplicates (the common case) and insert straight away; the
+        // unique index on `id` is the check. A violation undoes the insert to the savepoint and
+        // takes the exact path, which looks the ids up first so duplicates keep their stored seq.
+        sqlx::query("savepoint optimistic")
+            .execute(&mut *tx)
+            .await?;
+        let plan = Plan::new(batch, &last_seq, &HashMap::new(), stored_at);
+        match plan.insert(&mut tx).await {
+            Ok(_) => {
+                plan.advance_channels(&mut tx).await?;
+                tx.commit().await?;
+                return Ok(plan.outcomes);
+            }
+            Err(err) if is_duplicate_id(&err) => {
+                sqlx::query("rollback to savepoint optimistic")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Err(err) => return Err(err),
+        }
 
         let ids: Vec<Uuid> = batch.iter().map(|m| m.id.0).collect();
         let existing: Vec<StoredMessage> = sqlx::query_as(&format!(
@@ -116,65 +137,13 @@ impl Store {
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        let mut known: HashMap<MessageId, StoredMessage> =
+        let known: HashMap<MessageId, StoredMessage> =
             existing.into_iter().map(|m| (m.id, m)).collect();
-
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut fresh_in_batch: HashSet<MessageId> = HashSet::new();
-        let mut rows = Rows::with_capacity(batch.len());
-        for message in batch {
-            if let Some(stored) = known.get(&message.id) {
-                outcomes.push(Outcome::Duplicate(stored.clone()));
-                continue;
-            }
-            let counter = last_seq
-                .get_mut(message.channel.as_str())
-                .expect("every channel of the batch was locked above");
-            *counter += 1;
-            let stored = StoredMessage {
-                channel: message.channel.clone(),
-                seq: *counter,
-                id: message.id,
-                author: message.author.clone(),
-                text: message.text.clone(),
-                sent_at: message.sent_at,
-                stored_at,
-            };
-            rows.push(&stored);
-            fresh_in_batch.insert(message.id);
-            known.insert(message.id, stored.clone());
-            outcomes.push(Outcome::Inserted(stored));
-        }
-
-        if !rows.channel.is_empty() {
-            sqlx::query(
-                "insert into messages (channel, seq, id, author, text, sent_at, stored_at) \
-                 select c, s, i, a, t, sa, $7 from unnest($1::text[], $2::int8[], $3::uuid[], \
-                 $4::text[], $5::text[], $6::timestamptz[]) as u(c, s, i, a, t, sa)",
-            )
-            .bind(&rows.channel)
-            .bind(&rows.seq)
-            .bind(&rows.id)
-            .bind(&rows.author)
-            .bind(&rows.text)
-            .bind(&rows.sent_at)
-            .bind(stored_at)
-            .execute(&mut *tx)
-            .await?;
-
-            let (names, seqs): (Vec<String>, Vec<i64>) = last_seq.into_iter().unzip();
-            sqlx::query(
-                "update channels set last_seq = u.last_seq \
-                 from unnest($1::text[], $2::int8[]) as u(name, last_seq) \
-                 where channels.name = u.name and channels.last_seq <> u.last_seq",
-            )
-            .bind(&names)
-            .bind(&seqs)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let plan = Plan::new(batch, &last_seq, &known, stored_at);
+        plan.insert(&mut tx).await?;
+        plan.advance_channels(&mut tx).await?;
         tx.commit().await?;
-        Ok(outcomes)
+        Ok(plan.outcomes)
     }
 
     /// The newest `limit` messages of a channel, oldest first.
@@ -235,6 +204,102 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map_or(0, |(seq,)| seq))
+    }
+}
+
+/// A unique violation of `messages.id`: the batch holds an id that is already stored.
+fn is_duplicate_id(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.constraint() == Some("messages_id_key"))
+}
+
+/// The rows one batch inserts, given the channels' current `last_seq` and the already stored
+/// messages among the batch's ids.
+struct Plan {
+    outcomes: Vec<Outcome>,
+    rows: Rows,
+    last_seq: HashMap<String, i64>,
+    stored_at: DateTime<Utc>,
+}
+
+impl Plan {
+    fn new(
+        batch: &[NewMessage],
+        last_seq: &HashMap<String, i64>,
+        stored: &HashMap<MessageId, StoredMessage>,
+        stored_at: DateTime<Utc>,
+    ) -> Self {
+        let mut last_seq = last_seq.clone();
+        let mut known: HashMap<MessageId, StoredMessage> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut rows = Rows::with_capacity(batch.len());
+        for message in batch {
+            if let Some(existing) = stored.get(&message.id).or_else(|| known.get(&message.id)) {
+                outcomes.push(Outcome::Duplicate(existing.clone()));
+                continue;
+            }
+            let counter = last_seq
+                .get_mut(message.channel.as_str())
+                .expect("every channel of the batch was locked");
+            *counter += 1;
+            let message = StoredMessage {
+                channel: message.channel.clone(),
+                seq: *counter,
+                id: message.id,
+                author: message.author.clone(),
+                text: message.text.clone(),
+                sent_at: message.sent_at,
+                stored_at,
+            };
+            rows.push(&message);
+            known.insert(message.id, message.clone());
+            outcomes.push(Outcome::Inserted(message));
+        }
+        Self {
+            outcomes,
+            rows,
+            last_seq,
+            stored_at,
+        }
+    }
+
+    /// Inserts the planned rows; fails on an id that already exists.
+    async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<u64, sqlx::Error> {
+        if self.rows.seq.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "insert into messages (channel, seq, id, author, text, sent_at, stored_at) \
+             select c, s, i, a, t, sa, $7 from unnest($1::text[], $2::int8[], $3::uuid[], \
+             $4::text[], $5::text[], $6::timestamptz[]) as u(c, s, i, a, t, sa)",
+        )
+        .bind(&self.rows.channel)
+        .bind(&self.rows.seq)
+        .bind(&self.rows.id)
+        .bind(&self.rows.author)
+        .bind(&self.rows.text)
+        .bind(&self.rows.sent_at)
+        .bind(self.stored_at)
+        .execute(tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn advance_channels(&self, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        if self.rows.seq.is_empty() {
+            return Ok(());
+        }
+        let (names, seqs): (Vec<&str>, Vec<i64>) =
+            self.last_seq.iter().map(|(n, s)| (n.as_str(), *s)).unzip();
+        sqlx::query(
+            "update channels set last_seq = u.last_seq \
+             from unnest($1::text[], $2::int8[]) as u(name, last_seq) \
+             where channels.name = u.name and channels.last_seq <> u.last_seq",
+        )
+        .bind(&names)
+        .bind(&seqs)
+        .execute(tx)
+        .await?;
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@
 //! only. A crash at any point therefore redelivers, and never skips, unfinished records.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{
@@ -14,6 +14,7 @@ use rdkafka::consumer::{
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -123,30 +124,71 @@ pub fn create(
         .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        // Bounds the prefetch buffer (librdkafka defaults to 64 MiB) to keep RSS small.
+        .set("queued.max.messages.kbytes", "65536")
         .create_with_context(WorkerContext { metrics })?;
     consumer.subscribe(&[&settings.kafka_topic])?;
     Ok(consumer)
 }
 
-/// Consumes until `cancel` fires: batch, process (retrying dependencies), store offsets. On the
-/// way out, the stored offsets are committed synchronously.
+/// Consumes until `cancel` fires. Records are routed by partition to `lanes` lanes; each lane
+/// batches, processes (retrying dependencies) and stores offsets on its own, so batches of
+/// different partitions (hence of disjoint channels) are stored concurrently while each
+/// partition stays strictly in order. On the way out every lane finishes the batch it holds,
+/// and the stored offsets are committed synchronously.
 pub async fn run(
     consumer: Arc<WorkerConsumer>,
     pipeline: Pipeline,
     max_records: usize,
     linger: Duration,
+    lanes: usize,
     cancel: CancellationToken,
 ) {
-    while let Some(batch) = next_batch(&consumer, max_records, linger, &cancel).await {
-        if pipeline.process(&batch, &cancel).await.is_err() {
-            tracing::info!(
-                batch.records = batch.len(),
-                "stopped while retrying; the batch stays uncommitted"
-            );
-            break;
-        }
-        store_offsets(&consumer, &batch);
+    let lanes = lanes.max(1);
+    let mut senders = Vec::with_capacity(lanes);
+    let mut handles = Vec::with_capacity(lanes);
+    for _ in 0..lanes {
+        let (sender, receiver) = mpsc::channel::<Record>(max_records.max(1) * 2);
+        senders.push(sender);
+        handles.push(tokio::spawn(lane(
+            receiver,
+            Arc::clone(&consumer),
+            pipeline.clone(),
+            max_records,
+            linger,
+            cancel.clone(),
+        )));
     }
+
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            received = consumer.recv() => received,
+        };
+        match received {
+            Ok(message) => {
+                let record = Record::from_message(&message);
+                let lane = record.partition.unsigned_abs() as usize % lanes;
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    sent = senders[lane].send(record) => if sent.is_err() { break },
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "kafka consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    drop(senders);
+    for handle in handles {
+        if let Err(err) = handle.await {
+            tracing::error!(error = %err, "pipeline lane panicked");
+        }
+    }
+
     let committer = Arc::clone(&consumer);
     let committed =
         tokio::task::spawn_blocking(move || committer.commit_consumer_state(CommitMode::Sync))
@@ -163,45 +205,45 @@ pub async fn run(
     }
 }
 
-/// Waits for a first record, then collects more until `max_records` or `linger` elapsed.
-/// `None` once `cancel` fires.
-async fn next_batch(
-    consumer: &WorkerConsumer,
+/// One lane: waits for a first record, collects more until `max_records` or `linger`, processes
+/// the batch, stores its offsets. Returns once `cancel` fires (after the batch in hand).
+async fn lane(
+    mut records: mpsc::Receiver<Record>,
+    consumer: Arc<WorkerConsumer>,
+    pipeline: Pipeline,
     max_records: usize,
     linger: Duration,
-    cancel: &CancellationToken,
-) -> Option<Vec<Record>> {
-    let mut batch = Vec::new();
+    cancel: CancellationToken,
+) {
     loop {
-        let received = tokio::select! {
+        let first = tokio::select! {
             biased;
-            () = cancel.cancelled() => return None,
-            received = consumer.recv() => received,
+            () = cancel.cancelled() => return,
+            first = records.recv() => match first {
+                Some(record) => record,
+                None => return,
+            },
         };
-        match received {
-            Ok(message) => {
-                batch.push(Record::from_message(&message));
-                break;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "kafka consumer error");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut batch = Vec::with_capacity(max_records);
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < max_records {
+            // `recv_many` takes everything queued at once and waits only when the queue is empty.
+            let room = max_records - batch.len();
+            match tokio::time::timeout_at(deadline, records.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             }
         }
-    }
-    let deadline = Instant::now() + linger;
-    while batch.len() < max_records {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, consumer.recv()).await {
-            Ok(Ok(message)) => batch.push(Record::from_message(&message)),
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "kafka consumer error");
-                break;
-            }
-            Err(_elapsed) => break,
+        if pipeline.process(&batch, &cancel).await.is_err() {
+            tracing::info!(
+                batch.records = batch.len(),
+                "stopped while retrying; the batch stays uncommitted"
+            );
+            return;
         }
+        store_offsets(&consumer, &batch);
     }
-    Some(batch)
 }
 
 /// Stores, per partition, the highest offset of the batch. librdkafka commits offset + 1.

@@ -10,6 +10,10 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(cli.settings.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => startup::migrate(&cli.settings).await,
+        Command::CreateTopics {
+            partitions,
+            replication,
+        } => startup::create_topics(&cli.settings, partitions, replication).await,
         Command::Run => {
             let app = Application::build(cli.settings).await?;
             app.run_until_stopped(shutdown::on_signals()).await

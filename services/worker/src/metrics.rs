@@ -17,6 +17,7 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub batch_size: Histogram,
     pub batch_duration: Histogram,
+    pub step_duration: prometheus::HistogramVec,
     pub consumer_lag: IntGaugeVec,
 }
 
@@ -46,6 +47,20 @@ impl Metrics {
                 .expect("registered once");
             h
         };
+        let step_duration = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "step_duration_seconds",
+                "Time of one batch step (dead_letter, store, publish), retries included",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+            &["step"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(step_duration.clone()))
+            .expect("registered once");
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
                 "consumer_lag",
@@ -91,6 +106,7 @@ impl Metrics {
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
                 ],
             ),
+            step_duration,
             consumer_lag,
             registry,
         }

@@ -70,6 +70,7 @@ impl Pipeline {
         }
 
         if !rejected.is_empty() {
+            let step = Instant::now();
             self.retry(cancel, || async {
                 let sends = rejected
                     .iter()
@@ -78,6 +79,7 @@ impl Pipeline {
                 Ok(())
             })
             .await?;
+            self.observe_step("dead_letter", step);
             for (record, reason) in &rejected {
                 tracing::warn!(
                     kafka.partition = record.partition,
@@ -94,11 +96,13 @@ impl Pipeline {
         }
 
         if !valid.is_empty() {
+            let step = Instant::now();
             let outcomes = self
                 .retry(cancel, || async {
                     Ok(self.store.insert_batch(&valid).await?)
                 })
                 .await?;
+            self.observe_step("store", step);
             let envelopes = to_envelopes(&outcomes, traceparents);
             let inserted = outcomes
                 .iter()
@@ -109,10 +113,12 @@ impl Pipeline {
                 .duplicates
                 .inc_by((outcomes.len() - inserted) as u64);
 
+            let step = Instant::now();
             self.retry(cancel, || async {
                 Ok(self.publisher.publish(&envelopes).await?)
             })
             .await?;
+            self.observe_step("publish", step);
             self.metrics
                 .messages_published
                 .inc_by(envelopes.len() as u64);
@@ -129,6 +135,13 @@ impl Pipeline {
             "batch done"
         );
         Ok(())
+    }
+
+    fn observe_step(&self, step: &str, started: Instant) {
+        self.metrics
+            .step_duration
+            .with_label_values(&[step])
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Runs `step` until it succeeds, backing off while it fails; readiness is down meanwhile.

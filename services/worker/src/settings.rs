@@ -25,6 +25,15 @@ pub enum Command {
     Run,
     /// Apply pending database migrations, then exit. Run once per release, not per replica.
     Migrate,
+    /// Create the input and dead-letter topics if they do not exist, then exit.
+    CreateTopics {
+        /// Partitions of the input topic (the upper bound of useful worker replicas).
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// Replication factor of both topics.
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -50,8 +59,8 @@ pub struct Settings {
         hide_default_value = true
     )]
     pub database_url: String,
-    /// Size of the PostgreSQL connection pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
+    /// Size of the PostgreSQL connection pool (at least PIPELINE_LANES + 1).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 6)]
     pub database_max_connections: u32,
     /// Redis connection URL (a secret: never logged).
     #[arg(
@@ -70,6 +79,10 @@ pub struct Settings {
     /// Most records in one batch (one transaction, one Redis pipeline).
     #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 2000)]
     pub batch_max_records: usize,
+    /// Batches processed concurrently. Partitions are spread over the lanes; one partition
+    /// always goes to the same lane, so its records stay in order.
+    #[arg(long, env = "PIPELINE_LANES", default_value_t = 4)]
+    pub pipeline_lanes: usize,
     /// How long to wait for more records once a batch has its first one, in milliseconds.
     #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 5)]
     pub batch_linger_ms: u64,

@@ -28,6 +28,50 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the input topic (`partitions`) and the dead-letter topic (one partition) when they
+/// are missing; existing topics are left as they are.
+pub async fn create_topics(
+    settings: &Settings,
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let topics = [
+        NewTopic::new(
+            &settings.kafka_topic,
+            partitions,
+            TopicReplication::Fixed(replication),
+        ),
+        NewTopic::new(
+            &settings.kafka_dlq_topic,
+            1,
+            TopicReplication::Fixed(replication),
+        ),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin
+        .create_topics(&topics, &options)
+        .await
+        .context("create topics")?
+    {
+        match result {
+            Ok(topic) => tracing::info!(kafka.topic = %topic, "topic created"),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::info!(kafka.topic = %topic, "topic exists")
+            }
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
 /// A built worker: HTTP listener bound, clients created, nothing running yet.
 pub struct Application {
     acceptor: TcpAcceptor,
@@ -137,6 +181,7 @@ impl Application {
             self.pipeline,
             self.settings.batch_max_records,
             Duration::from_millis(self.settings.batch_linger_ms),
+            self.settings.pipeline_lanes,
             shutdown,
         )
         .await;

@@ -43,11 +43,19 @@ async fn worker_killed_at_random_moments_loses_nothing_and_duplicates_nothing() 
     }
     producing.await.expect("producer task");
 
-    assert!(world.wait_stored(24_000, SETTLE).await, "every record stored after 5 SIGKILLs");
+    assert!(
+        world.wait_stored(24_000, SETTLE).await,
+        "every record stored after 5 SIGKILLs"
+    );
     assert_log_matches(&world.db.rows().await, &expected);
     assert!(
         eventually(SETTLE, || async {
-            let published: BTreeSet<String> = world.tap.received().into_iter().map(|e| e.message.text).collect();
+            let published: BTreeSet<String> = world
+                .tap
+                .received()
+                .into_iter()
+                .map(|e| e.message.text)
+                .collect();
             published.len() == 24_000
         })
         .await,
@@ -76,10 +84,16 @@ async fn two_replicas_keep_per_channel_order_when_one_stops_mid_stream() {
         })
     };
     assert!(world.wait_stored(4_000, SETTLE).await);
-    assert!(second.terminate(GRACE).await, "the stopped replica exits 0 within 10 s");
+    assert!(
+        second.terminate(GRACE).await,
+        "the stopped replica exits 0 within 10 s"
+    );
     producing.await.expect("producer task");
 
-    assert!(world.wait_stored(12_000, SETTLE).await, "the remaining replica takes over every partition");
+    assert!(
+        world.wait_stored(12_000, SETTLE).await,
+        "the remaining replica takes over every partition"
+    );
     assert_log_matches(&world.db.rows().await, &expected);
     assert!(first.terminate(GRACE).await);
 }

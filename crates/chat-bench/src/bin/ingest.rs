@@ -95,7 +95,10 @@ async fn main() -> anyhow::Result<()> {
     let topic = unique("bench.ingest");
     create_topic(&services.kafka_brokers, &topic, args.partitions).await;
     let produce = produce(&services.kafka_brokers, &topic, &rows).await?;
-    println!("produce (setup)             {:>10.0} records/s", rate(rows.len(), produce));
+    println!(
+        "produce (setup)             {:>10.0} records/s",
+        rate(rows.len(), produce)
+    );
 
     let mut report = Vec::new();
     if !args.worker_only {
@@ -119,9 +122,15 @@ async fn main() -> anyhow::Result<()> {
         elapsed.as_secs_f64()
     );
     for (name, value) in &report {
-        println!("  worker / {name:<30} {:>6.1} %", 100.0 * worker_rate / value);
+        println!(
+            "  worker / {name:<30} {:>6.1} %",
+            100.0 * worker_rate / value
+        );
     }
-    println!("chat-worker peak RSS            {:>10.1} MiB", peak_rss_kib as f64 / 1024.0);
+    println!(
+        "chat-worker peak RSS            {:>10.1} MiB",
+        peak_rss_kib as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -138,7 +147,9 @@ async fn produce(brokers: &str, topic: &str, rows: &[Row]) -> anyhow::Result<Dur
     for chunk in rows.chunks(20_000) {
         let sends = chunk.iter().map(|row| {
             producer.send(
-                FutureRecord::to(topic).key(&row.channel).payload(&row.payload),
+                FutureRecord::to(topic)
+                    .key(&row.channel)
+                    .payload(&row.payload),
                 Duration::from_secs(60),
             )
         });
@@ -246,7 +257,10 @@ fn worker_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name("chat-worker");
     if !path.exists() {
-        bail!("{} not found: build it with `cargo build --release -p chat-worker`", path.display());
+        bail!(
+            "{} not found: build it with `cargo build --release -p chat-worker`",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -274,7 +288,9 @@ async fn run_worker(
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for pair in &args.worker_env {
-        let (name, value) = pair.split_once('=').context("--worker-env takes NAME=VALUE")?;
+        let (name, value) = pair
+            .split_once('=')
+            .context("--worker-env takes NAME=VALUE")?;
         command.env(name, value);
     }
     let mut child = KillOnDrop(command.spawn().context("spawn chat-worker")?);
@@ -292,33 +308,56 @@ async fn run_worker(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let peak_rss = peak_rss_kib(child.0.id())?;
-    let first_stored: (chrono::DateTime<chrono::Utc>,) = sqlx::query_as("select min(stored_at) from messages")
+    if let Some(metrics) = fetch_metrics(port).await {
+        println!("chat-worker time per step (sum over all batches and lanes):");
+        for line in metrics.lines().filter(|l| {
+            l.starts_with("chat_worker_step_duration_seconds_sum")
+                || l.starts_with("chat_worker_step_duration_seconds_count")
+                || l.starts_with("chat_worker_batch_size_records_sum")
+                || l.starts_with("chat_worker_batch_size_records_count")
+        }) {
+            println!("  {line}");
+        }
+    }
+    let first_stored: (chrono::DateTime<chrono::Utc>,) =
+        sqlx::query_as("select min(stored_at) from messages")
+            .fetch_one(&db.pool)
+            .await?;
+    let (stored,): (i64,) = sqlx::query_as("select count(*) from messages")
         .fetch_one(&db.pool)
         .await?;
-    let (stored,): (i64,) = sqlx::query_as("select count(*) from messages").fetch_one(&db.pool).await?;
     if stored != expected as i64 {
         bail!("stored {stored} rows, expected {expected}");
     }
     let now = chrono::Utc::now();
     let since_first = (now - first_stored.0).to_std().unwrap_or_default();
     let elapsed = since_first.saturating_sub(finished.elapsed());
-    let _ = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
     let _ = child.0.wait();
     Ok((elapsed, peak_rss))
 }
 
 async fn published_count(port: u16) -> Option<u64> {
+    let body = fetch_metrics(port).await?;
+    body.lines()
+        .find_map(|line| line.strip_prefix("chat_worker_messages_published_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn fetch_metrics(port: u16) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .ok()?;
     let mut body = String::new();
     stream.read_to_string(&mut body).await.ok()?;
-    body.lines()
-        .find_map(|line| line.strip_prefix("chat_worker_messages_published_total "))
-        .and_then(|v| v.trim().parse().ok())
+    Some(body)
 }
 
 fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -331,7 +370,9 @@ fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 struct KillOnDrop(Child);

@@ -66,6 +66,7 @@ impl World {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             batch_max_records: 500,
             batch_linger_ms: 5,
+            pipeline_lanes: 2,
             retry_max_backoff_ms: 500,
             log_format: chat_core::telemetry::LogFormat::Text,
         }
