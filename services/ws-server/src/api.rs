@@ -1,15 +1,21 @@
 //! The REST API (poem-openapi): keyset history pages and publishing. The spec is served at
 //! `/openapi.json` and browsable at `/docs`.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
-use chat_core::channel::ChannelName;
-use chat_core::message::{validate_author, validate_text, StoredMessage};
+use chat_core::channel::{ChannelName, MAX_CHANNEL_LEN};
+use chat_core::message::{
+    validate_author, validate_text, StoredMessage, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS,
+};
 use chat_core::store::Store;
 use chrono::{DateTime, Utc};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::registry::MetaSchemaRef;
+use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::error::ErrorBody;
@@ -57,9 +63,11 @@ pub struct HistoryPage {
     pub messages: Vec<MessageDto>,
     /// Pass as `before` to get the previous (older) page; absent when this page starts at the
     /// beginning of the channel, or when paging forward with `after`.
+    #[oai(skip_serializing_if_is_none)]
     pub next_before: Option<i64>,
     /// Pass as `after` to get the next (newer) page; the last `seq` of this page (or the cursor
-    /// given, when the page is empty). Absent when paging backward with `before`.
+    /// given, when the page is empty). Absent when paging backward with `before` only.
+    #[oai(skip_serializing_if_is_none)]
     pub next_after: Option<i64>,
 }
 
@@ -67,9 +75,53 @@ pub struct HistoryPage {
 #[derive(Debug, Clone, Object)]
 pub struct PublishRequest {
     /// 1 to 64 characters, no control characters.
-    pub author: String,
+    pub author: JsonString,
     /// 1 to 4000 characters.
-    pub text: String,
+    pub text: JsonString,
+}
+
+/// A JSON string and nothing else. poem-openapi's `String` also accepts a number or a boolean
+/// (`"text": false` becomes `"false"`), which the spec (`type: string`) rejects.
+#[derive(Debug, Clone)]
+pub struct JsonString(pub String);
+
+impl Type for JsonString {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> Cow<'static, str> {
+        String::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        String::schema_ref()
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for JsonString {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value.unwrap_or_default() {
+            Value::String(value) => Ok(Self(value)),
+            other => Err(ParseError::expected_type(other)),
+        }
+    }
+}
+
+impl ToJSON for JsonString {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
 }
 
 /// The id of an accepted message.
@@ -130,7 +182,8 @@ impl ChatApi {
     /// Keyset paging by `seq`, stable while the channel is written. Without a cursor: the newest
     /// `limit` messages. `before=S`: the `limit` messages just below `seq` S (page backward with
     /// `next_before`). `after=S`: the `limit` messages just above S (page forward with
-    /// `next_after`). Messages are always ascending within a page.
+    /// `next_after`). Both: the first `limit` messages between the two, paged forward. Messages
+    /// are always ascending within a page.
     #[oai(
         path = "/channels/:channel/messages",
         method = "get",
@@ -142,9 +195,10 @@ impl ChatApi {
         channel: Path<String>,
         /// Page size, 1 to the configured maximum (default 50).
         limit: Query<Option<i64>>,
-        /// Return messages with `seq` below this one.
+        /// Return messages with `seq` below this one (1 or more).
         before: Query<Option<i64>>,
-        /// Return messages with `seq` above this one.
+        /// Return messages with `seq` above this one (0 or more). With `before` too: the first
+        /// `limit` messages between the two.
         after: Query<Option<i64>>,
     ) -> HistoryResponse {
         let bad = |code: &str, message: String| {
@@ -161,9 +215,6 @@ impl ChatApi {
                 format!("limit must be 1 to {}", self.max_limit),
             );
         }
-        if before.0.is_some() && after.0.is_some() {
-            return bad("invalid_cursor", "give before or after, not both".into());
-        }
         if before.0.is_some_and(|b| b < 1) || after.0.is_some_and(|a| a < 0) {
             return bad(
                 "invalid_cursor",
@@ -172,7 +223,18 @@ impl ChatApi {
         }
         let started = Instant::now();
         let result = match (before.0, after.0) {
-            (_, Some(after)) => self.store.after(&channel, after, limit).await,
+            (before, Some(after)) => {
+                self.store
+                    .after(&channel, after, limit)
+                    .await
+                    .map(|mut page| {
+                        // A window: the first `limit` messages above `after` that are below `before`.
+                        if let Some(before) = before {
+                            page.retain(|m| m.seq < before);
+                        }
+                        page
+                    })
+            }
             (Some(before), None) => {
                 self.store
                     .before(&channel, before, limit)
@@ -200,6 +262,7 @@ impl ChatApi {
         let first = page.first().map(|m| m.seq);
         let last = page.last().map(|m| m.seq);
         let (next_before, next_after) = match after.0 {
+            // A window starting at `after` continues with `after=next_after&before=<same>`.
             Some(after) => (None, Some(last.unwrap_or(after))),
             None if before.0.is_some() => (first.filter(|&s| s > 1), None),
             None => (first.filter(|&s| s > 1), Some(last.unwrap_or(0))),
@@ -235,7 +298,10 @@ impl ChatApi {
             Ok(channel) => channel,
             Err(err) => return bad("invalid_channel", err.to_string()),
         };
-        let PublishRequest { author, text } = body.0;
+        let PublishRequest {
+            author: JsonString(author),
+            text: JsonString(text),
+        } = body.0;
         if let Err(reason) = validate_author(&author).and_then(|()| validate_text(&text)) {
             return bad("invalid_message", reason.to_string());
         }
@@ -258,5 +324,69 @@ impl ChatApi {
                 )))
             }
         }
+    }
+}
+
+/// A channel name (see [`ChannelName::parse`]): ASCII letters, digits and `# - _ . :`, with at
+/// least one letter or digit.
+const CHANNEL_PATTERN: &str = "^[#A-Za-z0-9_.:-]*[A-Za-z0-9][#A-Za-z0-9_.:-]*$";
+/// No control character (`char::is_control`: Unicode category Cc). The `\uXXXX` escapes mean the
+/// same in ECMA-262, Python and Rust regular expressions.
+const NO_CONTROL_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
+/// Adds to the generated OpenAPI document the input constraints that the handlers enforce
+/// themselves (so that a violation keeps its stable error code rather than poem-openapi's
+/// generic `bad_request`), so that the spec describes exactly the accepted input: channel
+/// pattern and length, `limit` from 1 to `max_limit` (a setting, hence not a compile-time
+/// validator), cursor minimums, author and text lengths.
+///
+/// Panics if the document lacks one of the places: a programming error that every test starting
+/// the server catches.
+pub fn document_constraints(spec: &mut Value, max_limit: i64) {
+    let mut extend = |pointer: &str, constraints: Value| {
+        let target = spec
+            .pointer_mut(pointer)
+            .and_then(Value::as_object_mut)
+            .unwrap_or_else(|| panic!("OpenAPI document has no object at {pointer}"));
+        if let Value::Object(constraints) = constraints {
+            target.extend(constraints);
+        }
+    };
+    let channel = json!({
+        "minLength": 1,
+        "maxLength": MAX_CHANNEL_LEN,
+        "pattern": CHANNEL_PATTERN,
+    });
+    let operation = "/paths/~1channels~1{channel}~1messages";
+    extend(
+        &format!("{operation}/get/parameters/0/schema"),
+        channel.clone(),
+    );
+    extend(
+        &format!("{operation}/get/parameters/1/schema"),
+        json!({"minimum": 1, "maximum": max_limit}),
+    );
+    extend(
+        &format!("{operation}/get/parameters/2/schema"),
+        json!({"minimum": 1}),
+    );
+    extend(
+        &format!("{operation}/get/parameters/3/schema"),
+        json!({"minimum": 0}),
+    );
+    extend(&format!("{operation}/post/parameters/0/schema"), channel);
+    let request = "/components/schemas/PublishRequest/properties";
+    extend(
+        &format!("{request}/author"),
+        json!({"minLength": 1, "maxLength": MAX_AUTHOR_CHARS, "pattern": NO_CONTROL_PATTERN}),
+    );
+    extend(
+        &format!("{request}/text"),
+        json!({"minLength": 1, "maxLength": MAX_TEXT_CHARS}),
+    );
+    // The parameters are addressed by position; make sure each is the one meant.
+    for (index, name) in ["channel", "limit", "before", "after"].iter().enumerate() {
+        let got = spec.pointer(&format!("{operation}/get/parameters/{index}/name"));
+        assert_eq!(got, Some(&json!(name)), "OpenAPI parameter order changed");
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chat_core::store::Store;
 use chat_core::telemetry::redact_url;
+use poem::http::{header, HeaderValue, StatusCode};
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::web::{Data, Html};
@@ -147,8 +148,20 @@ impl Application {
         let api_service = OpenApiService::new(self.api, "chat-ws-server", env!("CARGO_PKG_VERSION"))
             .description("History and publishing of the chat backend. The WebSocket protocol at /ws is described in docs/PROTOCOL.md.")
             .server(server_url);
-        let spec = api_service.spec_endpoint();
-        let docs_html = api_service.swagger_ui_html();
+        let generated = api_service.spec();
+        let mut document: serde_json::Value =
+            serde_json::from_str(&generated).context("parsing the generated OpenAPI document")?;
+        crate::api::document_constraints(&mut document, self.settings.history_max_limit);
+        let spec_json = serde_json::to_string_pretty(&document)?;
+        // The Swagger UI page embeds the document: swap in the constrained one.
+        let docs_html = api_service
+            .swagger_ui_html()
+            .replacen(&generated, &spec_json, 1);
+        let spec = poem::endpoint::make_sync(move |_| {
+            Response::builder()
+                .content_type("application/json; charset=utf-8")
+                .body(spec_json.clone())
+        });
         let ws_state = Arc::new(WsState {
             sessions: Arc::clone(&self.sessions),
             tracker: self.tracker.clone(),
@@ -251,10 +264,22 @@ async fn observe<E: Endpoint>(
 ) -> poem::Result<Response> {
     let route = route_of(request.uri().path());
     let started = Instant::now();
-    let response = match endpoint.call(request).await {
+    let mut response = match endpoint.call(request).await {
         Ok(response) => response.into_response(),
         Err(err) => crate::error::render(err).await,
     };
+    // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && !response.headers().contains_key(header::ALLOW)
+    {
+        let allow = match route {
+            "/channels/{channel}/messages" => "GET, POST",
+            _ => "GET, HEAD",
+        };
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
     metrics
         .http_requests
         .with_label_values(&[route, response.status().as_str()])
