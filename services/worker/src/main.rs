@@ -7,8 +7,8 @@ use chat_worker::startup::{self, Application};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.settings.log_format);
-    match cli.command.unwrap_or(Command::Run) {
+    let telemetry = telemetry::init("chat-worker", cli.settings.log_format);
+    let result = match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => startup::migrate(&cli.settings).await,
         Command::CreateTopics {
             partitions,
@@ -18,5 +18,8 @@ async fn main() -> anyhow::Result<()> {
             let app = Application::build(cli.settings).await?;
             app.run_until_stopped(shutdown::on_signals()).await
         }
-    }
+    };
+    // Flushes the spans still queued (no-op when traces are not exported).
+    telemetry.shutdown();
+    result
 }

@@ -4,18 +4,29 @@
 //! Each step is retried on its own with capped exponential backoff while its dependency is
 //! down, so a Redis outage after a successful insert does not repeat the insert. The batch is
 //! done (and its offsets may be stored) only when all three steps succeeded.
+//!
+//! Tracing (only when spans are exported, see `chat_core::telemetry`): the batch is a
+//! `chat.consume` span with `chat.batch.dead_letter`, `chat.batch.store` and
+//! `chat.batch.publish` children, linked to (up to 128 of) the records' contexts. A batch holds
+//! many traces, so each message whose `traceparent` header is sampled also gets `chat.store` and
+//! `redis.publish` spans in its own trace (children of the producer's span), and the Redis
+//! envelope carries the `redis.publish` span's context on to the ws-server.
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use chat_core::backoff::Backoff;
 use chat_core::envelope::Envelope;
 use chat_core::message::{NewMessage, RecordOrigin, RejectReason};
 use chat_core::store::{Outcome, Store};
+use chat_core::telemetry::{self, MessageSpan};
+use opentelemetry::trace::{SpanContext, SpanKind};
+use opentelemetry::KeyValue;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::consumer::Record;
 use crate::dlq::DeadLetters;
@@ -47,6 +58,24 @@ impl Pipeline {
         batch: &[Record],
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
+        let span = tracing::info_span!(
+            "chat.consume",
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.batch.message_count = batch.len(),
+        );
+        self.process_batch(batch, cancel, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn process_batch(
+        &self,
+        batch: &[Record],
+        cancel: &CancellationToken,
+        batch_span: &tracing::Span,
+    ) -> Result<(), Cancelled> {
         let started = Instant::now();
         self.metrics.records_consumed.inc_by(batch.len() as u64);
 
@@ -68,6 +97,15 @@ impl Pipeline {
                 Err(reason) => rejected.push((record, reason)),
             }
         }
+        if telemetry::enabled() {
+            traceparents
+                .iter()
+                .flatten()
+                .filter_map(|value| telemetry::parse_traceparent(value))
+                .filter(SpanContext::is_sampled)
+                .take(telemetry::MAX_LINKS)
+                .for_each(|context| telemetry::add_link(batch_span, context));
+        }
 
         if !rejected.is_empty() {
             let step = Instant::now();
@@ -78,6 +116,10 @@ impl Pipeline {
                 futures::future::try_join_all(sends).await?;
                 Ok(())
             })
+            .instrument(tracing::info_span!(
+                "chat.batch.dead_letter",
+                messaging.batch.message_count = rejected.len()
+            ))
             .await?;
             self.observe_step("dead_letter", step);
             for (record, reason) in &rejected {
@@ -97,13 +139,30 @@ impl Pipeline {
 
         if !valid.is_empty() {
             let step = Instant::now();
+            let store_started = SystemTime::now();
+            let store_span = tracing::info_span!(
+                "chat.batch.store",
+                otel.kind = "client",
+                db.system.name = "postgresql",
+                db.operation.name = "insert",
+                db.operation.batch.size = valid.len(),
+            );
             let outcomes = self
                 .retry(cancel, || async {
                     Ok(self.store.insert_batch(&valid).await?)
                 })
+                .instrument(store_span.clone())
                 .await?;
             self.observe_step("store", step);
-            let envelopes = to_envelopes(&outcomes, traceparents);
+            let mut envelopes = to_envelopes(&outcomes, traceparents);
+            let publish_span = tracing::info_span!(
+                "chat.batch.publish",
+                otel.kind = "producer",
+                messaging.system = "redis",
+                messaging.batch.message_count = envelopes.len(),
+            );
+            let message_spans =
+                trace_messages(&mut envelopes, store_started, &store_span, &publish_span);
             let inserted = outcomes
                 .iter()
                 .filter(|o| matches!(o, Outcome::Inserted(_)))
@@ -117,8 +176,10 @@ impl Pipeline {
             self.retry(cancel, || async {
                 Ok(self.publisher.publish(&envelopes).await?)
             })
+            .instrument(publish_span)
             .await?;
             self.observe_step("publish", step);
+            message_spans.into_iter().for_each(MessageSpan::end);
             self.metrics
                 .messages_published
                 .inc_by(envelopes.len() as u64);
@@ -185,6 +246,68 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Per-message spans, when spans are exported: for every envelope whose record carried a
+/// sampled `traceparent`, a `chat.store` span (the batch insert's interval) and a started
+/// `redis.publish` span, both children of the record's context and linked to the batch steps.
+/// The envelope then carries the `redis.publish` span's context. Returns the publish spans,
+/// to end once the pipeline is sent.
+fn trace_messages(
+    envelopes: &mut [Envelope],
+    store_started: SystemTime,
+    store_span: &tracing::Span,
+    publish_span: &tracing::Span,
+) -> Vec<MessageSpan> {
+    if !telemetry::enabled() {
+        return Vec::new();
+    }
+    let stored = SystemTime::now();
+    let store_link: Vec<SpanContext> = telemetry::span_context(store_span).into_iter().collect();
+    let publish_link: Vec<SpanContext> =
+        telemetry::span_context(publish_span).into_iter().collect();
+    let mut spans = Vec::new();
+    for envelope in envelopes {
+        let Some(parent) = envelope
+            .traceparent
+            .as_deref()
+            .and_then(telemetry::parse_traceparent)
+        else {
+            continue;
+        };
+        let message = &envelope.message;
+        let attributes = || {
+            vec![
+                KeyValue::new("chat.channel", message.channel.as_str().to_owned()),
+                KeyValue::new("chat.seq", message.seq),
+                KeyValue::new("chat.message.id", message.id.to_string()),
+            ]
+        };
+        let Some(store) = MessageSpan::start(
+            "chat.store",
+            SpanKind::Client,
+            &parent,
+            store_started,
+            attributes(),
+            store_link.clone(),
+        ) else {
+            continue;
+        };
+        store.end_at(stored);
+        let Some(publish) = MessageSpan::start(
+            "redis.publish",
+            SpanKind::Producer,
+            &parent,
+            stored,
+            attributes(),
+            publish_link.clone(),
+        ) else {
+            continue;
+        };
+        envelope.traceparent = Some(telemetry::format_traceparent(publish.span_context()));
+        spans.push(publish);
+    }
+    spans
 }
 
 /// One envelope per distinct message, in batch order. A duplicate is published again with its

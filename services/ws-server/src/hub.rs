@@ -12,19 +12,25 @@
 //! - A new subscriber starts in a buffering state: it is registered (and the Redis SUBSCRIBE is
 //!   confirmed) before its session reads history, and [`Hub::go_live`] hands over the buffered
 //!   messages above the history's last seq. That makes subscribe gap-free and duplicate-free.
+//! - When spans are exported, each live message whose envelope carries a sampled `traceparent`
+//!   gets a `chat.deliver` span in the message's trace (child of the worker's `redis.publish`
+//!   span) covering the fan-out to the local subscribers' queues.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chat_core::backoff::Backoff;
 use chat_core::channel::ChannelName;
 use chat_core::envelope::{redis_channel, Envelope};
 use chat_core::message::StoredMessage;
 use chat_core::store::Store;
+use chat_core::telemetry::{self, MessageSpan};
 use chrono::Utc;
 use futures::StreamExt;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -376,6 +382,26 @@ impl Hub {
             );
             return;
         }
+        let mut span = envelope
+            .traceparent
+            .as_deref()
+            .filter(|_| telemetry::enabled())
+            .and_then(telemetry::parse_traceparent)
+            .and_then(|parent| {
+                MessageSpan::start(
+                    "chat.deliver",
+                    SpanKind::Consumer,
+                    &parent,
+                    SystemTime::now(),
+                    vec![
+                        KeyValue::new("messaging.system", "redis"),
+                        KeyValue::new("chat.channel", name.to_owned()),
+                        KeyValue::new("chat.seq", envelope.message.seq),
+                        KeyValue::new("chat.message.id", envelope.message.id.to_string()),
+                    ],
+                    Vec::new(),
+                )
+            });
         let message = envelope.message;
         let latency = (Utc::now() - message.stored_at)
             .to_std()
@@ -390,12 +416,18 @@ impl Hub {
         let Some(state) = channels.get_mut(&message.channel) else {
             return;
         };
-        match state.last {
+        if let Some(span) = span.as_mut() {
+            let subscribers = state.subscribers.len() as i64;
+            span.set_attribute(KeyValue::new("chat.subscribers", subscribers));
+        }
+        let outcome = match state.last {
             Some(last) if delivery.seq <= last => {
                 self.inner.metrics.duplicates_dropped.inc();
+                "duplicate"
             }
             _ if state.repairing => {
                 state.pending.insert(delivery.seq, delivery);
+                "pending"
             }
             Some(last) if delivery.seq > last + 1 => {
                 tracing::info!(
@@ -407,8 +439,17 @@ impl Hub {
                 state.pending.insert(delivery.seq, delivery);
                 state.repairing = true;
                 self.spawn_repair(message.channel.clone(), "gap");
+                "gap"
             }
-            _ => self.deliver(state, &delivery),
+            _ => {
+                self.deliver(state, &delivery);
+                "delivered"
+            }
+        };
+        drop(channels);
+        if let Some(mut span) = span {
+            span.set_attribute(KeyValue::new("chat.delivery", outcome));
+            span.end();
         }
     }
 

@@ -7,7 +7,12 @@ use chat_ws_server::startup::Application;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.settings.log_format);
-    let app = Application::build(cli.settings).await?;
-    app.run_until_stopped(shutdown::on_signals()).await
+    let telemetry = telemetry::init("chat-ws-server", cli.settings.log_format);
+    let result = match Application::build(cli.settings).await {
+        Ok(app) => app.run_until_stopped(shutdown::on_signals()).await,
+        Err(err) => Err(err),
+    };
+    // Flushes the spans still queued (no-op when traces are not exported).
+    telemetry.shutdown();
+    result
 }

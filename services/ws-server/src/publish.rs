@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use chat_core::channel::ChannelName;
 use chat_core::message::MessageId;
+use chat_core::telemetry;
 use chrono::{SecondsFormat, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use serde::Serialize;
-use uuid::Uuid;
+use tracing::Instrument;
 
 /// How long a publish may wait for the broker's acknowledgement.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,13 +58,34 @@ impl KafkaPublisher {
         })
     }
 
-    /// Produces the message (key = channel) with a fresh id and a `traceparent` header, and
-    /// returns the id once the broker acknowledged it.
+    /// Produces the message (key = channel) with a fresh id, and returns the id once the broker
+    /// acknowledged it. The produce is a `kafka.produce` span (child of the caller's WS command
+    /// or HTTP request span) whose context goes out as the record's `traceparent` header when
+    /// spans are exported: the worker and the ws-server's delivery continue that trace.
     pub async fn publish(
         &self,
         publication: &Publication,
     ) -> Result<MessageId, rdkafka::error::KafkaError> {
         let id = MessageId::new_random();
+        let span = tracing::info_span!(
+            "kafka.produce",
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.destination.name = %self.topic,
+            chat.channel = %publication.channel,
+            chat.message.id = %id,
+        );
+        self.produce(publication, id)
+            .instrument(span)
+            .await
+            .map(|()| id)
+    }
+
+    async fn produce(
+        &self,
+        publication: &Publication,
+        id: MessageId,
+    ) -> Result<(), rdkafka::error::KafkaError> {
         let value = serde_json::to_vec(&KafkaValue {
             channel: publication.channel.as_str(),
             author: &publication.author,
@@ -72,18 +94,19 @@ impl KafkaPublisher {
             sent_at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
         })
         .expect("a publication always serializes");
-        let traceparent = new_traceparent();
-        let record = FutureRecord::to(&self.topic)
+        let mut record = FutureRecord::to(&self.topic)
             .key(publication.channel.as_str())
-            .payload(&value)
-            .headers(OwnedHeaders::new().insert(Header {
+            .payload(&value);
+        if let Some(traceparent) = telemetry::current_traceparent() {
+            record = record.headers(OwnedHeaders::new().insert(Header {
                 key: "traceparent",
                 value: Some(traceparent.as_str()),
             }));
+        }
         self.producer
             .send(record, DELIVERY_TIMEOUT)
             .await
-            .map(|_| id)
+            .map(|_| ())
             .map_err(|(err, _)| err)
     }
 
@@ -101,12 +124,4 @@ impl KafkaPublisher {
         .await
         .map_err(|err| err.to_string())?
     }
-}
-
-/// A new W3C trace context (`00-<trace id>-<span id>-01`). The ws-server starts the trace of a
-/// client-published message; the worker and the Redis envelope carry it on.
-pub fn new_traceparent() -> String {
-    let trace = Uuid::new_v4().simple().to_string();
-    let span = &Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
 }

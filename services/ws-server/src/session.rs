@@ -18,6 +18,7 @@ use poem::web::websocket::{Message, WebSocketStream};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::hub::{Closer, Frame, GoLive, Hub, Outbox, Subscription, PAGE_SIZE};
 use crate::metrics::Metrics;
@@ -139,6 +140,24 @@ impl Session {
             Ok(request) => request,
             Err(err) => return self.reply_error(err).await,
         };
+        // Every command is the root of its own trace (a connection lives too long for one).
+        let (name, command) = match &request.command {
+            Command::Subscribe { .. } => ("WS subscribe", "subscribe"),
+            Command::Unsubscribe { .. } => ("WS unsubscribe", "unsubscribe"),
+            Command::Publish { .. } => ("WS publish", "publish"),
+            Command::Ping => ("WS ping", "ping"),
+        };
+        let span = tracing::info_span!(
+            parent: None,
+            "ws.command",
+            otel.name = name,
+            otel.kind = "server",
+            ws.command = command,
+        );
+        self.execute(request).instrument(span).await;
+    }
+
+    async fn execute(&mut self, request: protocol::Request) {
         let id = request.id;
         let result = match request.command {
             Command::Subscribe { channel, start } => {
@@ -336,7 +355,7 @@ impl Session {
                 }
             };
             let _ = frames.send(frame.into()).await;
-        });
+        }.in_current_span());
     }
 
     async fn timed<T, E>(

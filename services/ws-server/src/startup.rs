@@ -17,6 +17,7 @@ use poem::{get, handler, Endpoint, EndpointExt, IntoResponse, Request, Response,
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::api::ChatApi;
 use crate::health::{self, Probes};
@@ -264,10 +265,15 @@ async fn observe<E: Endpoint>(
 ) -> poem::Result<Response> {
     let route = route_of(request.uri().path());
     let started = Instant::now();
-    let mut response = match endpoint.call(request).await {
+    let span = http_span(&request, route);
+    let mut response = match endpoint.call(request).instrument(span.clone()).await {
         Ok(response) => response.into_response(),
         Err(err) => crate::error::render(err).await,
     };
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
     if response.status() == StatusCode::METHOD_NOT_ALLOWED
         && !response.headers().contains_key(header::ALLOW)
@@ -289,6 +295,35 @@ async fn observe<E: Endpoint>(
         .with_label_values(&[route])
         .observe(started.elapsed().as_secs_f64());
     Ok(response)
+}
+
+/// A server span per API request (`GET /channels/{channel}/messages`, …), continuing the
+/// caller's trace when the request carries a `traceparent` header. Probes, metrics, docs and the
+/// page get none: they would only flood the traces.
+fn http_span(request: &Request, route: &'static str) -> tracing::Span {
+    if matches!(
+        route,
+        "/healthz" | "/readyz" | "/metrics" | "/" | "/docs" | "/openapi.json"
+    ) {
+        return tracing::Span::none();
+    }
+    let method = request.method().as_str();
+    let span = tracing::info_span!(
+        parent: None,
+        "http.request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok());
+    chat_core::telemetry::set_remote_parent(&span, traceparent);
+    span
 }
 
 fn route_of(path: &str) -> &'static str {

@@ -6,3 +6,4 @@ mod delivery;
 mod rest;
 mod subscribe;
 mod support;
+mod trace;

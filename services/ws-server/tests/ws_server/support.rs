@@ -136,7 +136,10 @@ impl Stack {
         configure: impl FnOnce(&mut chat_ws_server::settings::Settings),
     ) -> Self {
         if std::env::var_os("RUST_LOG").is_some() {
-            chat_core::telemetry::init(chat_core::telemetry::LogFormat::Text);
+            std::mem::forget(chat_core::telemetry::init(
+                "ws-server-tests",
+                chat_core::telemetry::LogFormat::Text,
+            ));
         }
         let iso = Isolation::create().await;
         let worker_settings = chat_worker::settings::Settings {
