@@ -5,7 +5,8 @@
 //! plus an optional `traceparent` field carrying the W3C trace context of the record that
 //! produced it, so the ws-server can link its delivery span to the producer's trace.
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::channel::ChannelName;
 use crate::message::StoredMessage;
@@ -14,12 +15,33 @@ use crate::message::StoredMessage;
 pub const DEFAULT_REDIS_PREFIX: &str = "chat:msg:";
 
 /// What travels on Redis pub/sub.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Envelope {
     #[serde(flatten)]
     pub message: StoredMessage,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+}
+
+/// Written by hand rather than with `#[serde(flatten)]`, which goes through a map serializer and
+/// cost the worker a measurable share of its CPU per published message.
+impl Serialize for Envelope {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let m = &self.message;
+        let fields = 7 + usize::from(self.traceparent.is_some());
+        let mut out = serializer.serialize_struct("Envelope", fields)?;
+        out.serialize_field("channel", &m.channel)?;
+        out.serialize_field("seq", &m.seq)?;
+        out.serialize_field("id", &m.id)?;
+        out.serialize_field("author", &m.author)?;
+        out.serialize_field("text", &m.text)?;
+        out.serialize_field("sent_at", &m.sent_at)?;
+        out.serialize_field("stored_at", &m.stored_at)?;
+        if let Some(traceparent) = &self.traceparent {
+            out.serialize_field("traceparent", traceparent)?;
+        }
+        out.end()
+    }
 }
 
 impl Envelope {
@@ -62,6 +84,11 @@ mod tests {
         let as_message: StoredMessage = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(as_message, message);
         assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+        let plain = Envelope {
+            message: message.clone(),
+            traceparent: None,
+        };
+        assert_eq!(plain.encode(), serde_json::to_vec(&message).unwrap());
         assert_eq!(
             redis_channel(DEFAULT_REDIS_PREFIX, &message.channel),
             "chat:msg:#kerno-challenge"

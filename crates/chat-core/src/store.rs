@@ -216,7 +216,7 @@ fn is_duplicate_id(err: &sqlx::Error) -> bool {
 /// messages among the batch's ids.
 struct Plan {
     outcomes: Vec<Outcome>,
-    rows: Rows,
+    inserts: usize,
     last_seq: HashMap<String, i64>,
     stored_at: DateTime<Utc>,
 }
@@ -231,7 +231,7 @@ impl Plan {
         let mut last_seq = last_seq.clone();
         let mut known: HashMap<MessageId, StoredMessage> = HashMap::new();
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut rows = Rows::with_capacity(batch.len());
+        let mut inserts = 0;
         for message in batch {
             if let Some(existing) = stored.get(&message.id).or_else(|| known.get(&message.id)) {
                 outcomes.push(Outcome::Duplicate(existing.clone()));
@@ -250,13 +250,13 @@ impl Plan {
                 sent_at: message.sent_at,
                 stored_at,
             };
-            rows.push(&message);
+            inserts += 1;
             known.insert(message.id, message.clone());
             outcomes.push(Outcome::Inserted(message));
         }
         Self {
             outcomes,
-            rows,
+            inserts,
             last_seq,
             stored_at,
         }
@@ -264,20 +264,21 @@ impl Plan {
 
     /// Inserts the planned rows; fails on an id that already exists.
     async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<u64, sqlx::Error> {
-        if self.rows.seq.is_empty() {
+        if self.inserts == 0 {
             return Ok(0);
         }
+        let rows = Rows::of(&self.outcomes);
         let done = sqlx::query(
             "insert into messages (channel, seq, id, author, text, sent_at, stored_at) \
              select c, s, i, a, t, sa, $7 from unnest($1::text[], $2::int8[], $3::uuid[], \
              $4::text[], $5::text[], $6::timestamptz[]) as u(c, s, i, a, t, sa)",
         )
-        .bind(&self.rows.channel)
-        .bind(&self.rows.seq)
-        .bind(&self.rows.id)
-        .bind(&self.rows.author)
-        .bind(&self.rows.text)
-        .bind(&self.rows.sent_at)
+        .bind(&rows.channel)
+        .bind(&rows.seq)
+        .bind(&rows.id)
+        .bind(&rows.author)
+        .bind(&rows.text)
+        .bind(&rows.sent_at)
         .bind(self.stored_at)
         .execute(tx)
         .await?;
@@ -285,7 +286,7 @@ impl Plan {
     }
 
     async fn advance_channels(&self, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-        if self.rows.seq.is_empty() {
+        if self.inserts == 0 {
             return Ok(());
         }
         let (names, seqs): (Vec<&str>, Vec<i64>) =
@@ -303,34 +304,32 @@ impl Plan {
     }
 }
 
-/// Column arrays of a multi-row insert.
-struct Rows {
-    channel: Vec<String>,
+/// Column arrays of a multi-row insert, borrowing from the planned messages.
+struct Rows<'a> {
+    channel: Vec<&'a str>,
     seq: Vec<i64>,
     id: Vec<Uuid>,
-    author: Vec<String>,
-    text: Vec<String>,
+    author: Vec<&'a str>,
+    text: Vec<&'a str>,
     sent_at: Vec<DateTime<Utc>>,
 }
 
-impl Rows {
-    fn with_capacity(n: usize) -> Self {
+impl<'a> Rows<'a> {
+    fn of(outcomes: &'a [Outcome]) -> Self {
+        let inserted: Vec<&StoredMessage> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Inserted(m) => Some(m),
+                Outcome::Duplicate(_) => None,
+            })
+            .collect();
         Self {
-            channel: Vec::with_capacity(n),
-            seq: Vec::with_capacity(n),
-            id: Vec::with_capacity(n),
-            author: Vec::with_capacity(n),
-            text: Vec::with_capacity(n),
-            sent_at: Vec::with_capacity(n),
+            channel: inserted.iter().map(|m| m.channel.as_str()).collect(),
+            seq: inserted.iter().map(|m| m.seq).collect(),
+            id: inserted.iter().map(|m| m.id.0).collect(),
+            author: inserted.iter().map(|m| m.author.as_str()).collect(),
+            text: inserted.iter().map(|m| m.text.as_str()).collect(),
+            sent_at: inserted.iter().map(|m| m.sent_at).collect(),
         }
-    }
-
-    fn push(&mut self, m: &StoredMessage) {
-        self.channel.push(m.channel.as_str().to_owned());
-        self.seq.push(m.seq);
-        self.id.push(m.id.0);
-        self.author.push(m.author.clone());
-        self.text.push(m.text.clone());
-        self.sent_at.push(m.sent_at);
     }
 }
