@@ -75,7 +75,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The chat-worker binary of the same build as the chat-ws-server under test, built if needed.
+/// The chat-worker binary of the same build as the chat-ws-server under test, built (or
+/// confirmed fresh) with the same command `scripts/test` uses before schemathesis, so the two
+/// share their artifacts.
 fn worker_binary() -> PathBuf {
     let server = PathBuf::from(env!("CARGO_BIN_EXE_chat-ws-server"));
     let profile_dir = server.parent().unwrap().to_path_buf();
@@ -84,7 +86,14 @@ fn worker_binary() -> PathBuf {
     let mut build = Command::new(cargo);
     build
         .current_dir(repo_root())
-        .args(["build", "-p", "chat-worker", "--bin", "chat-worker"])
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "chat-worker",
+            "-p",
+            "chat-ws-server",
+        ])
         .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
     if profile_dir.ends_with("release") {
         build.arg("--release");
