@@ -23,6 +23,7 @@ use chat_testkit::kafka::create_topic;
 use chat_testkit::{unique, Services, TestDatabase};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
@@ -47,6 +48,10 @@ struct Args {
     /// Skip the baselines (only run the worker).
     #[arg(long)]
     worker_only: bool,
+    /// Give every record a W3C `traceparent` header (as the ws-server does when tracing), with
+    /// this fraction of them flagged sampled: measures the worker's per-message spans.
+    #[arg(long)]
+    traceparents: Option<f64>,
 }
 
 struct Row {
@@ -54,6 +59,7 @@ struct Row {
     author: String,
     text: String,
     payload: Vec<u8>,
+    traceparent: Option<String>,
 }
 
 fn make_rows(args: &Args) -> Vec<Row> {
@@ -67,11 +73,22 @@ fn make_rows(args: &Args) -> Vec<Row> {
             let payload = serde_json::json!({"channel": channel, "author": author, "text": text})
                 .to_string()
                 .into_bytes();
+            // Sampled records spread evenly: record i is sampled when floor(i * ratio) steps.
+            let traceparent = args.traceparents.map(|ratio| {
+                let sampled = ((i + 1) as f64 * ratio).floor() > (i as f64 * ratio).floor();
+                format!(
+                    "00-{:032x}-{:016x}-{}",
+                    i as u128 + 1,
+                    i as u64 + 1,
+                    if sampled { "01" } else { "00" }
+                )
+            });
             Row {
                 channel,
                 author,
                 text,
                 payload,
+                traceparent,
             }
         })
         .collect()
@@ -146,12 +163,16 @@ async fn produce(brokers: &str, topic: &str, rows: &[Row]) -> anyhow::Result<Dur
     let started = Instant::now();
     for chunk in rows.chunks(20_000) {
         let sends = chunk.iter().map(|row| {
-            producer.send(
-                FutureRecord::to(topic)
-                    .key(&row.channel)
-                    .payload(&row.payload),
-                Duration::from_secs(60),
-            )
+            let mut record = FutureRecord::to(topic)
+                .key(&row.channel)
+                .payload(&row.payload);
+            if let Some(traceparent) = &row.traceparent {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some(traceparent.as_str()),
+                }));
+            }
+            producer.send(record, Duration::from_secs(60))
         });
         for result in futures::future::join_all(sends).await {
             result.map_err(|(err, _)| err).context("produce")?;
