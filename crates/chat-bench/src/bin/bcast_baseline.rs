@@ -157,75 +157,79 @@ async fn broadcast(consumer: StreamConsumer, state: Arc<State>) -> anyhow::Resul
 #[handler]
 fn ws(websocket: WebSocket, Data(state): Data<&Arc<State>>) -> impl IntoResponse {
     let state = Arc::clone(state);
-    websocket.on_upgrade(move |socket| async move {
-        let (mut sink, mut stream) = socket.split();
-        let (frames, mut queue) = mpsc::channel::<Frame>(state.queue);
-        let writer = tokio::spawn(async move {
-            while let Some(first) = queue.recv().await {
-                if sink.feed(Message::Text(first.to_string())).await.is_err() {
-                    return;
-                }
-                for _ in 1..256 {
-                    match queue.try_recv() {
-                        Ok(frame) => {
-                            if sink.feed(Message::Text(frame.to_string())).await.is_err() {
-                                return;
+    // The same buffer setting as chat-ws-server (4 KiB initial read buffer).
+    let config = poem::web::websocket::WebSocketConfig::default().read_buffer_size(4096);
+    websocket
+        .config(config)
+        .on_upgrade(move |socket| async move {
+            let (mut sink, mut stream) = socket.split();
+            let (frames, mut queue) = mpsc::channel::<Frame>(state.queue);
+            let writer = tokio::spawn(async move {
+                while let Some(first) = queue.recv().await {
+                    if sink.feed(Message::Text(first.to_string())).await.is_err() {
+                        return;
+                    }
+                    for _ in 1..256 {
+                        match queue.try_recv() {
+                            Ok(frame) => {
+                                if sink.feed(Message::Text(frame.to_string())).await.is_err() {
+                                    return;
+                                }
                             }
+                            Err(_) => break,
                         }
-                        Err(_) => break,
+                    }
+                    if sink.flush().await.is_err() {
+                        return;
                     }
                 }
-                if sink.flush().await.is_err() {
-                    return;
+                // The queue was dropped: by the broadcaster (full queue) or the reader (closed).
+                let _ = sink
+                    .send(Message::close_with(4008u16, "slow consumer"))
+                    .await;
+            });
+            let mut mine = Vec::new();
+            while let Some(Ok(message)) = stream.next().await {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let Ok(command) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                let Some(channel) = command.get("channel").and_then(|c| c.as_str()) else {
+                    continue;
+                };
+                if command.get("command").and_then(|c| c.as_str()) != Some("subscribe") {
+                    continue;
+                }
+                let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+                let reply = serde_json::to_string(&Out::Subscribed {
+                    channel,
+                    messages: [],
+                    last_seq: 0,
+                    reply_to: command.get("id"),
+                })
+                .unwrap_or_default();
+                let _ = frames.send(reply.into()).await;
+                state
+                    .channels
+                    .lock()
+                    .unwrap()
+                    .entry(channel.to_owned())
+                    .or_default()
+                    .subscribers
+                    .insert(id, frames.clone());
+                mine.push((channel.to_owned(), id));
+            }
+            {
+                let mut channels = state.channels.lock().unwrap();
+                for (channel, id) in mine {
+                    if let Some(c) = channels.get_mut(&channel) {
+                        c.subscribers.remove(&id);
+                    }
                 }
             }
-            // The queue was dropped: by the broadcaster (full queue) or the reader (closed).
-            let _ = sink
-                .send(Message::close_with(4008u16, "slow consumer"))
-                .await;
-        });
-        let mut mine = Vec::new();
-        while let Some(Ok(message)) = stream.next().await {
-            let Message::Text(text) = message else {
-                continue;
-            };
-            let Ok(command) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            let Some(channel) = command.get("channel").and_then(|c| c.as_str()) else {
-                continue;
-            };
-            if command.get("command").and_then(|c| c.as_str()) != Some("subscribe") {
-                continue;
-            }
-            let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-            let reply = serde_json::to_string(&Out::Subscribed {
-                channel,
-                messages: [],
-                last_seq: 0,
-                reply_to: command.get("id"),
-            })
-            .unwrap_or_default();
-            let _ = frames.send(reply.into()).await;
-            state
-                .channels
-                .lock()
-                .unwrap()
-                .entry(channel.to_owned())
-                .or_default()
-                .subscribers
-                .insert(id, frames.clone());
-            mine.push((channel.to_owned(), id));
-        }
-        {
-            let mut channels = state.channels.lock().unwrap();
-            for (channel, id) in mine {
-                if let Some(c) = channels.get_mut(&channel) {
-                    c.subscribers.remove(&id);
-                }
-            }
-        }
-        drop(frames);
-        let _ = writer.await;
-    })
+            drop(frames);
+            let _ = writer.await;
+        })
 }

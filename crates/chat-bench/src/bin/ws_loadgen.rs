@@ -245,7 +245,10 @@ async fn connect(url: &str, bind: IpAddr) -> anyhow::Result<Ws> {
     socket.bind(SocketAddr::new(bind, 0))?;
     let stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    // Small initial read buffer (the default reserves 128 KiB per connection).
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     Ok(ws)
 }
 
