@@ -43,6 +43,9 @@ pub struct Application {
     api: ChatApi,
 }
 
+/// Initial read buffer of a WebSocket connection (see [`ws`]).
+const READ_BUFFER_BYTES: usize = 4096;
+
 struct WsState {
     sessions: Arc<SessionContext>,
     tracker: TaskTracker,
@@ -241,7 +244,11 @@ fn ws(websocket: WebSocket, Data(state): Data<&Arc<WsState>>) -> Response {
         .with_status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
         .into_response();
     }
+    // tungstenite reserves a 128 KiB read buffer per connection by default, most of an idle
+    // connection's memory; client frames are small commands, and the buffer still grows up to
+    // the frame limit when one needs it.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_frame_size(Some(state.max_frame_bytes))
         .max_message_size(Some(state.max_frame_bytes));
     let sessions = Arc::clone(&state.sessions);
