@@ -18,8 +18,11 @@ ARG DEBIAN_RELEASE=bookworm
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
 
 # rdkafka builds librdkafka with cmake (feature cmake-build) and links OpenSSL and zlib.
+# librdkafka 2.12 includes <curl/curl.h> for its OIDC code even when built without curl, so
+# the headers are needed (the binaries do not link libcurl).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake g++ make pkg-config libssl-dev zlib1g-dev \
+      libcurl4-openssl-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
