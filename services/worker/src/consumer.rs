@@ -149,7 +149,7 @@ pub async fn run(
     let mut senders = Vec::with_capacity(lanes);
     let mut handles = Vec::with_capacity(lanes);
     for _ in 0..lanes {
-        let (sender, receiver) = mpsc::channel::<Record>(max_records.max(1) * 2);
+        let (sender, receiver) = mpsc::channel::<Record>(max_records.max(1));
         senders.push(sender);
         handles.push(tokio::spawn(lane(
             receiver,
