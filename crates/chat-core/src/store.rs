@@ -40,6 +40,12 @@ impl Outcome {
             Outcome::Inserted(m) | Outcome::Duplicate(m) => m,
         }
     }
+
+    pub fn into_message(self) -> StoredMessage {
+        match self {
+            Outcome::Inserted(m) | Outcome::Duplicate(m) => m,
+        }
+    }
 }
 
 /// Handle to the log.

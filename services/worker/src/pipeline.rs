@@ -154,7 +154,12 @@ impl Pipeline {
                 .instrument(store_span.clone())
                 .await?;
             self.observe_step("store", step);
-            let mut envelopes = to_envelopes(&outcomes, traceparents);
+            let inserted = outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Inserted(_)))
+                .count();
+            let duplicates = outcomes.len() - inserted;
+            let mut envelopes = to_envelopes(outcomes, traceparents);
             let publish_span = tracing::info_span!(
                 "chat.batch.publish",
                 otel.kind = "producer",
@@ -163,14 +168,8 @@ impl Pipeline {
             );
             let message_spans =
                 trace_messages(&mut envelopes, store_started, &store_span, &publish_span);
-            let inserted = outcomes
-                .iter()
-                .filter(|o| matches!(o, Outcome::Inserted(_)))
-                .count();
             self.metrics.messages_stored.inc_by(inserted as u64);
-            self.metrics
-                .duplicates
-                .inc_by((outcomes.len() - inserted) as u64);
+            self.metrics.duplicates.inc_by(duplicates as u64);
 
             let step = Instant::now();
             self.retry(cancel, || async {
@@ -312,14 +311,15 @@ fn trace_messages(
 
 /// One envelope per distinct message, in batch order. A duplicate is published again with its
 /// stored seq: the attempt that stored it may have died before publishing.
-fn to_envelopes(outcomes: &[Outcome], traceparents: Vec<Option<String>>) -> Vec<Envelope> {
+/// Takes the outcomes by value so each stored message moves into its envelope, uncloned.
+fn to_envelopes(outcomes: Vec<Outcome>, traceparents: Vec<Option<String>>) -> Vec<Envelope> {
     let mut seen = HashSet::with_capacity(outcomes.len());
     outcomes
-        .iter()
+        .into_iter()
         .zip(traceparents)
         .filter(|(outcome, _)| seen.insert(outcome.message().id))
         .map(|(outcome, traceparent)| Envelope {
-            message: outcome.message().clone(),
+            message: outcome.into_message(),
             traceparent,
         })
         .collect()
