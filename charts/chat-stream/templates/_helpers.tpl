@@ -145,6 +145,9 @@ DATABASE_MAX_CONNECTIONS: {{ .Values.wsServer.config.databaseMaxConnections | qu
 HTTP_ADDR: {{ printf "0.0.0.0:%v" .Values.wsServer.port | quote }}
 HISTORY_DEFAULT_LIMIT: {{ .Values.wsServer.config.historyDefaultLimit | quote }}
 HISTORY_MAX_LIMIT: {{ .Values.wsServer.config.historyMaxLimit | quote }}
+HISTORY_CACHE_MESSAGES: {{ .Values.wsServer.config.historyCacheMessages | quote }}
+CHANNEL_LINGER_SECS: {{ .Values.wsServer.config.channelLingerSecs | quote }}
+HISTORY_CACHE_WATCHED_CHANNELS: {{ .Values.wsServer.config.historyCacheWatchedChannels | quote }}
 WS_MAX_SUBSCRIPTIONS: {{ .Values.wsServer.config.maxSubscriptions | quote }}
 WS_OUTBOUND_QUEUE: {{ .Values.wsServer.config.outboundQueue | quote }}
 WS_MAX_FRAME_BYTES: {{ .Values.wsServer.config.maxFrameBytes | quote }}

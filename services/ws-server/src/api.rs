@@ -5,22 +5,24 @@ use std::borrow::Cow;
 use std::time::Instant;
 
 use chat_core::channel::{ChannelName, MAX_CHANNEL_LEN};
-use chat_core::message::{
-    validate_author, validate_text, StoredMessage, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS,
-};
+use chat_core::message::{validate_author, validate_text, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS};
 use chat_core::store::Store;
 use chrono::{DateTime, Utc};
+use poem::IntoResponse;
 use poem_openapi::param::{Path, Query};
-use poem_openapi::payload::Json;
-use poem_openapi::registry::MetaSchemaRef;
+use poem_openapi::payload::{Json, Payload};
+use poem_openapi::registry::{MetaSchemaRef, Registry};
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::error::ErrorBody;
+use crate::hub::{Hub, Latest};
 use crate::metrics::Metrics;
 use crate::publish::{KafkaPublisher, Publication};
+use crate::recent::{JsonList, Shared, SharedMessage};
 
 #[derive(Tags)]
 enum ApiTags {
@@ -41,20 +43,6 @@ pub struct MessageDto {
     pub stored_at: DateTime<Utc>,
 }
 
-impl From<StoredMessage> for MessageDto {
-    fn from(m: StoredMessage) -> Self {
-        Self {
-            channel: m.channel.as_str().to_owned(),
-            seq: m.seq,
-            id: m.id.0,
-            author: m.author,
-            text: m.text,
-            sent_at: m.sent_at,
-            stored_at: m.stored_at,
-        }
-    }
-}
-
 /// One page of a channel's history, oldest to newest.
 #[derive(Debug, Clone, Object)]
 pub struct HistoryPage {
@@ -69,6 +57,41 @@ pub struct HistoryPage {
     /// given, when the page is empty). Absent when paging backward with `before` only.
     #[oai(skip_serializing_if_is_none)]
     pub next_after: Option<i64>,
+}
+
+/// A [`HistoryPage`] serialized directly from the messages' JSON (see [`PageBody`]), without
+/// poem-openapi's detour through `serde_json::Value`. Documented with `HistoryPage`'s schema.
+pub struct PageJson(Vec<u8>);
+
+impl Payload for PageJson {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn schema_ref() -> MetaSchemaRef {
+        HistoryPage::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        HistoryPage::register(registry);
+    }
+}
+
+impl IntoResponse for PageJson {
+    fn into_response(self) -> poem::Response {
+        poem::Response::builder()
+            .content_type(Self::CONTENT_TYPE)
+            .body(self.0)
+    }
+}
+
+/// The serde twin of [`HistoryPage`]: the same fields, messages spliced in as serialized.
+#[derive(Serialize)]
+struct PageBody<'a> {
+    channel: &'a str,
+    messages: JsonList<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_before: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<i64>,
 }
 
 /// A message to publish.
@@ -133,9 +156,9 @@ pub struct Accepted {
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "history_bad_request")]
 pub enum HistoryResponse {
-    /// A page of messages.
+    /// A page of messages (a `HistoryPage`).
     #[oai(status = 200)]
-    Ok(Json<HistoryPage>),
+    Ok(PageJson),
     /// Invalid channel, limit or cursor (`invalid_channel`, `invalid_limit`, `invalid_cursor`,
     /// `bad_request`).
     #[oai(status = 400)]
@@ -169,6 +192,7 @@ fn publish_bad_request(err: poem::Error) -> PublishResponse {
 
 pub struct ChatApi {
     pub store: Store,
+    pub hub: Hub,
     pub publisher: KafkaPublisher,
     pub metrics: Metrics,
     pub default_limit: i64,
@@ -222,6 +246,7 @@ impl ChatApi {
             );
         }
         let started = Instant::now();
+        let mut ticket = None;
         let result = match (before.0, after.0) {
             (before, Some(after)) => {
                 self.store
@@ -244,13 +269,21 @@ impl ChatApi {
                         page
                     })
             }
-            (None, None) => self.store.latest(&channel, limit).await,
+            (None, None) => match self.hub.latest(&channel, limit as usize) {
+                Latest::Cached(page) => {
+                    return HistoryResponse::Ok(page_body(&channel, &page, None, None));
+                }
+                Latest::Read(read_ticket) => {
+                    ticket = read_ticket;
+                    self.store.latest(&channel, limit).await
+                }
+            },
         };
         self.metrics
             .history_query_duration
             .observe(started.elapsed().as_secs_f64());
         let page = match result {
-            Ok(page) => page,
+            Ok(page) => SharedMessage::from_page(&page),
             Err(err) => {
                 tracing::warn!(channel = %channel, error = %err, "history query failed");
                 return HistoryResponse::Unavailable(Json(ErrorBody::new(
@@ -259,20 +292,14 @@ impl ChatApi {
                 )));
             }
         };
-        let first = page.first().map(|m| m.seq);
-        let last = page.last().map(|m| m.seq);
-        let (next_before, next_after) = match after.0 {
-            // A window starting at `after` continues with `after=next_after&before=<same>`.
-            Some(after) => (None, Some(last.unwrap_or(after))),
-            None if before.0.is_some() => (first.filter(|&s| s > 1), None),
-            None => (first.filter(|&s| s > 1), Some(last.unwrap_or(0))),
-        };
-        HistoryResponse::Ok(Json(HistoryPage {
-            channel: channel.as_str().to_owned(),
-            messages: page.into_iter().map(MessageDto::from).collect(),
-            next_before,
-            next_after,
-        }))
+        if before.0.is_none() && after.0.is_none() {
+            match ticket {
+                Some(ticket) => self.hub.seed(ticket, &page),
+                None if !page.is_empty() => self.hub.watch(&channel),
+                None => {}
+            }
+        }
+        HistoryResponse::Ok(page_body(&channel, &page, before.0, after.0))
     }
 
     /// Publish a message.
@@ -325,6 +352,30 @@ impl ChatApi {
             }
         }
     }
+}
+
+/// Builds the page with its cursors (the page was read with `before` / `after`).
+fn page_body(
+    channel: &ChannelName,
+    page: &[Shared],
+    before: Option<i64>,
+    after: Option<i64>,
+) -> PageJson {
+    let first = page.first().map(|m| m.seq);
+    let last = page.last().map(|m| m.seq);
+    let (next_before, next_after) = match after {
+        // A window starting at `after` continues with `after=next_after&before=<same>`.
+        Some(after) => (None, Some(last.unwrap_or(after))),
+        None if before.is_some() => (first.filter(|&s| s > 1), None),
+        None => (first.filter(|&s| s > 1), Some(last.unwrap_or(0))),
+    };
+    let body = PageBody {
+        channel: channel.as_str(),
+        messages: JsonList(page),
+        next_before,
+        next_after,
+    };
+    PageJson(serde_json::to_vec(&body).expect("a history page always serializes"))
 }
 
 /// A channel name (see [`ChannelName::parse`]): ASCII letters, digits and `# - _ . :`, with at

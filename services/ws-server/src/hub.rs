@@ -12,6 +12,11 @@
 //! - A new subscriber starts in a buffering state: it is registered (and the Redis SUBSCRIBE is
 //!   confirmed) before its session reads history, and [`Hub::go_live`] hands over the buffered
 //!   messages above the history's last seq. That makes subscribe gap-free and duplicate-free.
+//! - Per channel the hub keeps the newest messages it delivered ([`Recent`]), contiguous up to
+//!   the last `seq`. A `subscribe` with the last N and a REST read of the newest page are
+//!   answered from it without a PostgreSQL query whenever it covers them. A channel stays on
+//!   Redis (and keeps that cache) for a linger period after its last subscriber leaves; a REST
+//!   reader of a channel with messages starts such a watch, so the next reads hit the cache.
 //! - When spans are exported, each live message whose envelope carries a sampled `traceparent`
 //!   gets a `chat.deliver` span in the message's trace (child of the worker's `redis.publish`
 //!   span) covering the fan-out to the local subscribers' queues.
@@ -19,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use chat_core::backoff::Backoff;
 use chat_core::channel::ChannelName;
@@ -36,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::protocol::ServerFrame;
+use crate::recent::{Recent, Shared, SharedMessage};
 
 /// A serialized server frame, shared by every connection it is delivered to.
 pub type Frame = Arc<str>;
@@ -80,23 +86,26 @@ pub struct Outbox {
     pub closer: Closer,
 }
 
-/// A live message, serialized once.
+/// A live message, serialized once: the message object and the `message` frame around it.
 #[derive(Debug, Clone)]
 struct Delivery {
     seq: i64,
     frame: Frame,
+    message: Shared,
 }
 
 impl Delivery {
     fn new(message: &StoredMessage) -> Self {
+        let shared = SharedMessage::new(message);
         let frame = ServerFrame::Message {
             channel: &message.channel,
-            message,
+            message: &shared.json,
         }
         .to_json();
         Self {
             seq: message.seq,
             frame: frame.into(),
+            message: shared,
         }
     }
 }
@@ -117,9 +126,14 @@ struct Subscriber {
     state: SubscriberState,
 }
 
-#[derive(Default)]
 struct ChannelState {
+    /// Tells apart successive states of the same channel (see [`Ticket`]).
+    generation: u64,
     subscribers: HashMap<u64, Subscriber>,
+    /// Since when the channel has no subscriber (or was last read over REST without one).
+    idle_since: Option<Instant>,
+    /// The newest delivered messages, contiguous up to `last`.
+    recent: Recent,
     /// Last seq delivered by the hub; unknown until a message arrives or a subscriber goes live.
     last: Option<i64>,
     repairing: bool,
@@ -130,6 +144,67 @@ struct ChannelState {
     /// The Redis SUBSCRIBE of this channel is confirmed on the current connection.
     on_redis: bool,
     waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl ChannelState {
+    fn new(generation: u64) -> Self {
+        Self {
+            generation,
+            subscribers: HashMap::new(),
+            idle_since: None,
+            recent: Recent::default(),
+            last: None,
+            repairing: false,
+            resync: false,
+            pending: BTreeMap::new(),
+            on_redis: false,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// The newest `limit` messages, if the cache (of `capacity`, 0: off) holds them.
+    fn cached(&self, limit: usize, capacity: usize) -> Option<(Vec<Shared>, i64)> {
+        let last = self.last.filter(|_| capacity > 0)?;
+        self.recent
+            .covers(limit, last)
+            .then(|| (self.recent.newest(limit), last))
+    }
+}
+
+/// What the hub knows of a channel's newest messages, for a REST read.
+pub enum Latest {
+    /// The newest messages, from the cache.
+    Cached(Vec<Shared>),
+    /// Read PostgreSQL. With a ticket, hand the page to [`Hub::seed`] afterwards.
+    Read(Option<Ticket>),
+}
+
+/// Proof that a PostgreSQL read started while the channel's Redis subscription was confirmed:
+/// every message stored after the read's snapshot reaches the hub live, so the page may seed
+/// the cache. Void after a reconnect or once the channel left the hub.
+pub struct Ticket {
+    channel: ChannelName,
+    epoch: u64,
+    generation: u64,
+}
+
+/// What the hub caches and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct HubOptions {
+    /// Most live messages buffered for a subscriber while it reads history.
+    pub buffer_limit: usize,
+    /// Newest messages kept per channel (0: no cache).
+    pub history_cache: usize,
+    /// How long a channel stays subscribed (with its cache) once nobody uses it.
+    pub linger: Duration,
+    /// Most channels kept only for REST readers (no WebSocket subscriber).
+    pub max_watched: usize,
+}
+
+/// A snapshot of the cache for a new subscriber: the newest messages and the last seq.
+pub struct Snapshot {
+    pub messages: Vec<Shared>,
+    pub last_seq: i64,
 }
 
 enum PubSubCommand {
@@ -159,12 +234,14 @@ pub enum GoLive {
 struct Inner {
     store: Store,
     prefix: String,
-    buffer_limit: usize,
+    options: HubOptions,
     metrics: Metrics,
     channels: Mutex<HashMap<ChannelName, ChannelState>>,
     commands: mpsc::UnboundedSender<PubSubCommand>,
     connected: AtomicBool,
     next_id: AtomicU64,
+    /// Counts Redis (re)connections.
+    epoch: AtomicU64,
     cancel: CancellationToken,
 }
 
@@ -205,7 +282,7 @@ impl Hub {
         redis_url: &str,
         prefix: &str,
         store: Store,
-        buffer_limit: usize,
+        options: HubOptions,
         metrics: Metrics,
         cancel: CancellationToken,
     ) -> Result<(Self, PubSubTask), redis::RedisError> {
@@ -215,12 +292,16 @@ impl Hub {
             inner: Arc::new(Inner {
                 store,
                 prefix: prefix.to_owned(),
-                buffer_limit: buffer_limit.max(1),
+                options: HubOptions {
+                    buffer_limit: options.buffer_limit.max(1),
+                    ..options
+                },
                 metrics,
                 channels: Mutex::new(HashMap::new()),
                 commands,
                 connected: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
+                epoch: AtomicU64::new(0),
                 cancel,
             }),
         };
@@ -244,25 +325,51 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The channel's state, created (and subscribed on Redis) if it is new.
+    fn state<'a>(
+        &self,
+        channels: &'a mut HashMap<ChannelName, ChannelState>,
+        channel: &ChannelName,
+    ) -> &'a mut ChannelState {
+        channels.entry(channel.clone()).or_insert_with(|| {
+            self.inner.metrics.hub_channels.inc();
+            let _ = self
+                .inner
+                .commands
+                .send(PubSubCommand::Subscribe(channel.clone()));
+            ChannelState::new(self.inner.next_id.fetch_add(1, Ordering::Relaxed))
+        })
+    }
+
     /// Registers a buffering subscriber and waits until the hub receives the channel's live
     /// messages (its Redis SUBSCRIBE is confirmed). Read history only after this returns.
+    ///
+    /// With `latest`, the newest `latest` messages come back too when the cache holds them
+    /// (registered under the same lock, so nothing falls between them and live delivery);
+    /// without a snapshot, read them from PostgreSQL.
     pub async fn subscribe(
         &self,
         channel: &ChannelName,
         outbox: Outbox,
         wait: Duration,
-    ) -> Result<Subscription, HubError> {
+        latest: Option<usize>,
+    ) -> Result<(Subscription, Option<Snapshot>), HubError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let ready = {
+        let (ready, snapshot) = {
             let mut channels = self.lock();
-            let state = channels.entry(channel.clone()).or_insert_with(|| {
-                self.inner.metrics.hub_channels.inc();
-                let _ = self
-                    .inner
-                    .commands
-                    .send(PubSubCommand::Subscribe(channel.clone()));
-                ChannelState::default()
-            });
+            let state = self.state(&mut channels, channel);
+            state.idle_since = None;
+            let snapshot = latest
+                .and_then(|limit| state.cached(limit, self.inner.options.history_cache))
+                .map(|(messages, last_seq)| Snapshot { messages, last_seq });
+            if latest.is_some() {
+                let outcome = if snapshot.is_some() { "hit" } else { "miss" };
+                self.inner
+                    .metrics
+                    .history_cache
+                    .with_label_values(&["subscribe", outcome])
+                    .inc();
+            }
             state.subscribers.insert(
                 id,
                 Subscriber {
@@ -273,13 +380,14 @@ impl Hub {
                     },
                 },
             );
-            if state.on_redis {
+            let ready = if state.on_redis {
                 None
             } else {
                 let (tx, rx) = oneshot::channel();
                 state.waiters.push(tx);
                 Some(rx)
-            }
+            };
+            (ready, snapshot)
         };
         let subscription = Subscription {
             hub: self.clone(),
@@ -292,12 +400,13 @@ impl Hub {
                 _ => return Err(HubError::Unavailable),
             }
         }
-        Ok(subscription)
+        Ok((subscription, snapshot))
     }
 
     /// Hands a buffering subscriber over to live delivery, once its session has sent history up
-    /// to `cursor`.
-    pub fn go_live(&self, subscription: &Subscription, cursor: i64) -> GoLive {
+    /// to `cursor`. `history` is what the session read from PostgreSQL (ascending, contiguous;
+    /// empty if not read there): it seeds the channel's cache when it connects.
+    pub fn go_live(&self, subscription: &Subscription, cursor: i64, history: &[Shared]) -> GoLive {
         let mut channels = self.lock();
         let Some(state) = channels.get_mut(&subscription.channel) else {
             return GoLive::Closed;
@@ -318,7 +427,8 @@ impl Hub {
             return GoLive::CatchUp;
         }
         let mut sent = cursor;
-        for delivery in std::mem::take(buffer) {
+        let buffered = std::mem::take(buffer);
+        for delivery in &buffered {
             if subscriber
                 .outbox
                 .frames
@@ -337,8 +447,14 @@ impl Hub {
             sent = delivery.seq;
         }
         subscriber.state = SubscriberState::Live { cursor: sent };
-        if state.last.is_none() {
-            state.last = Some(sent);
+        let last = *state.last.get_or_insert(sent);
+        // What this subscriber got, history then buffer, is contiguous up to `sent`.
+        if last == sent && history.last().is_none_or(|m| m.seq == cursor) {
+            let mut got = history.to_vec();
+            got.extend(buffered.into_iter().map(|d| d.message));
+            state
+                .recent
+                .prepend(&got, last, self.inner.options.history_cache);
         }
         GoLive::Live
     }
@@ -350,12 +466,139 @@ impl Hub {
         };
         state.subscribers.remove(&id);
         if state.subscribers.is_empty() {
-            channels.remove(channel);
+            if self.lingers() {
+                state.idle_since = Some(Instant::now());
+            } else {
+                self.drop_channel(&mut channels, channel);
+            }
+        }
+    }
+
+    /// Whether unused channels stay subscribed for a while (to keep their cache warm).
+    fn lingers(&self) -> bool {
+        let options = &self.inner.options;
+        options.history_cache > 0 && !options.linger.is_zero()
+    }
+
+    fn drop_channel(
+        &self,
+        channels: &mut HashMap<ChannelName, ChannelState>,
+        channel: &ChannelName,
+    ) {
+        if channels.remove(channel).is_some() {
             self.inner.metrics.hub_channels.dec();
             let _ = self
                 .inner
                 .commands
                 .send(PubSubCommand::Unsubscribe(channel.clone()));
+        }
+    }
+
+    /// Unsubscribes the channels nobody used for the linger period.
+    fn sweep(&self) {
+        let linger = self.inner.options.linger;
+        let mut channels = self.lock();
+        let expired: Vec<ChannelName> = channels
+            .iter()
+            .filter(|(_, state)| {
+                state.subscribers.is_empty()
+                    && state
+                        .idle_since
+                        .is_none_or(|since| since.elapsed() >= linger)
+            })
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in &expired {
+            self.drop_channel(&mut channels, channel);
+        }
+    }
+
+    /// The newest `limit` messages of a channel for a REST read: from the cache when it holds
+    /// them and is current (Redis connected, no repair running), else a [`Latest::Read`].
+    pub fn latest(&self, channel: &ChannelName, limit: usize) -> Latest {
+        let mut channels = self.lock();
+        let Some(state) = channels.get_mut(channel) else {
+            drop(channels);
+            self.count_rest("miss");
+            return Latest::Read(None);
+        };
+        if state.subscribers.is_empty() {
+            state.idle_since = Some(Instant::now());
+        }
+        let current = state.on_redis && !state.repairing && self.is_connected();
+        if let Some((messages, _)) = state
+            .cached(limit, self.inner.options.history_cache)
+            .filter(|_| current)
+        {
+            drop(channels);
+            self.count_rest("hit");
+            return Latest::Cached(messages);
+        }
+        let ticket = current.then(|| Ticket {
+            channel: channel.clone(),
+            epoch: self.inner.epoch.load(Ordering::Acquire),
+            generation: state.generation,
+        });
+        drop(channels);
+        self.count_rest("miss");
+        Latest::Read(ticket)
+    }
+
+    fn count_rest(&self, outcome: &str) {
+        self.inner
+            .metrics
+            .history_cache
+            .with_label_values(&["rest", outcome])
+            .inc();
+    }
+
+    /// Seeds the cache with the newest page read from PostgreSQL under `ticket`.
+    pub fn seed(&self, ticket: Ticket, page: &[Shared]) {
+        let mut channels = self.lock();
+        let Some(state) = channels.get_mut(&ticket.channel) else {
+            return;
+        };
+        let valid = state.generation == ticket.generation
+            && ticket.epoch == self.inner.epoch.load(Ordering::Acquire)
+            && state.on_redis
+            && !state.repairing;
+        if !valid {
+            return;
+        }
+        let capacity = self.inner.options.history_cache;
+        match state.last {
+            // Nothing delivered yet: the page is the channel up to its snapshot, and every later
+            // message arrives live (the read started after the Redis subscription).
+            None => {
+                let last = page.last().map_or(0, |m| m.seq);
+                state.last = Some(last);
+                state.recent.prepend(page, last, capacity);
+            }
+            Some(last) => {
+                state.recent.prepend(page, last, capacity);
+            }
+        }
+    }
+
+    /// Keeps a channel that REST readers use on Redis for the linger period, so that its newest
+    /// page is soon served from the cache. Bounded by [`HubOptions::max_watched`].
+    pub fn watch(&self, channel: &ChannelName) {
+        if !self.lingers() {
+            return;
+        }
+        let mut channels = self.lock();
+        if let Some(state) = channels.get_mut(channel) {
+            if state.subscribers.is_empty() {
+                state.idle_since = Some(Instant::now());
+            }
+            return;
+        }
+        let watched = channels
+            .values()
+            .filter(|state| state.subscribers.is_empty())
+            .count();
+        if watched < self.inner.options.max_watched {
+            self.state(&mut channels, channel).idle_since = Some(Instant::now());
         }
     }
 
@@ -457,7 +700,12 @@ impl Hub {
     fn deliver(&self, state: &mut ChannelState, delivery: &Delivery) {
         state.last = Some(delivery.seq);
         let metrics = &self.inner.metrics;
-        let limit = self.inner.buffer_limit;
+        let limit = self.inner.options.buffer_limit;
+        state.recent.push(
+            Arc::clone(&delivery.message),
+            self.inner.options.history_cache,
+        );
+        let mut delivered = 0;
         state
             .subscribers
             .retain(|_, subscriber| match &mut subscriber.state {
@@ -477,7 +725,7 @@ impl Hub {
                     match subscriber.outbox.frames.try_send(delivery.frame.clone()) {
                         Ok(()) => {
                             *cursor = delivery.seq;
-                            metrics.deliveries.inc();
+                            delivered += 1;
                             true
                         }
                         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -492,6 +740,7 @@ impl Hub {
                     }
                 }
             });
+        metrics.deliveries.inc_by(delivered);
     }
 
     fn spawn_repair(&self, channel: ChannelName, reason: &'static str) {
@@ -688,6 +937,7 @@ impl PubSubTask {
                 }
             }
             let channels: Vec<ChannelName> = channels.into_iter().map(|(c, _)| c).collect();
+            hub.inner.epoch.fetch_add(1, Ordering::AcqRel);
             hub.inner.connected.store(true, Ordering::Relaxed);
             hub.on_connected(&channels, reconnect);
             if reconnect {
@@ -699,11 +949,14 @@ impl PubSubTask {
             }
             reconnect = true;
             backoff.reset();
+            let mut sweep = tokio::time::interval(Self::sweep_period(hub.inner.options.linger));
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
             loop {
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => return,
+                    _ = sweep.tick() => hub.sweep(),
                     message = stream.next() => match message {
                         Some(message) => hub.on_message(message.get_channel_name(), message.get_payload_bytes()),
                         None => break,
@@ -734,6 +987,11 @@ impl PubSubTask {
             tracing::warn!("redis pub/sub connection lost; reconnecting");
             hub.on_disconnected();
         }
+    }
+
+    /// How often lingering channels are checked: a quarter of the linger, within 1 to 10 s.
+    fn sweep_period(linger: Duration) -> Duration {
+        (linger / 4).clamp(Duration::from_secs(1), Duration::from_secs(10))
     }
 
     async fn pause(cancel: &CancellationToken, backoff: &mut Backoff, error: &str) {

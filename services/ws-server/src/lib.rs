@@ -6,6 +6,7 @@
 //!   duplicate dropping and live-gap repair from PostgreSQL.
 //! - [`session`]: one WebSocket connection: command loop, gap-free subscribe, bounded outbound
 //!   queue with coalesced writes, keepalive.
+//! - [`recent`]: the per-channel cache of the newest messages, serialized once.
 //! - [`protocol`]: the client and server frames as serde types, with stable error codes.
 //! - [`publish`]: the Kafka producer behind the `publish` command and `POST`.
 //! - [`api`]: the REST API (poem-openapi): history pages and publishing.
@@ -20,6 +21,7 @@ pub mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod publish;
+pub mod recent;
 pub mod session;
 pub mod settings;
 pub mod startup;

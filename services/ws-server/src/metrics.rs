@@ -24,6 +24,7 @@ pub struct Metrics {
     pub slow_consumer_closes: IntCounter,
     pub redis_reconnects: IntCounter,
     pub history_query_duration: Histogram,
+    pub history_cache: IntCounterVec,
     pub published: IntCounterVec,
     pub protocol_errors: IntCounterVec,
     pub http_requests: IntCounterVec,
@@ -98,6 +99,11 @@ impl Metrics {
             history_query_duration: histogram(
                 "history_query_duration_seconds",
                 "PostgreSQL history query latency",
+            ),
+            history_cache: counter_vec(
+                "history_cache_total",
+                "Newest-messages reads by path (subscribe, rest) and outcome (hit: served from the hub's cache; miss: read from PostgreSQL)",
+                &["path", "outcome"],
             ),
             published: counter_vec(
                 "published_total",

@@ -2,9 +2,12 @@
 //! types, and server frames as serde types. Every error has a stable [`ErrorCode`].
 
 use chat_core::channel::ChannelName;
-use chat_core::message::{validate_author, validate_text, StoredMessage};
+use chat_core::message::{validate_author, validate_text};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::recent::JsonList;
 
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,14 +228,14 @@ fn required_string(fields: &Map<String, Value>, name: &str) -> Result<String, Pr
 pub enum ServerFrame<'a> {
     Subscribed {
         channel: &'a ChannelName,
-        messages: &'a [StoredMessage],
+        messages: JsonList<'a>,
         last_seq: i64,
         #[serde(skip_serializing_if = "Option::is_none")]
         reply_to: Option<&'a Value>,
     },
     Message {
         channel: &'a ChannelName,
-        message: &'a StoredMessage,
+        message: &'a RawValue,
     },
     Unsubscribed {
         channel: &'a ChannelName,

@@ -24,6 +24,7 @@ use crate::hub::{Closer, Frame, GoLive, Hub, Outbox, Subscription, PAGE_SIZE};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Command, ErrorCode, Limits, ProtocolError, ServerFrame, Start};
 use crate::publish::{KafkaPublisher, Publication};
+use crate::recent::{JsonList, SharedMessage};
 
 /// Going away: the server shuts down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -239,26 +240,34 @@ impl Session {
                 format!("{what} is unavailable; retry later"),
             )
         };
-        let subscription = self
+        let latest = match start {
+            Start::Last(limit) if limit > 0 => usize::try_from(limit).ok(),
+            _ => None,
+        };
+        let (subscription, snapshot) = self
             .ctx
             .hub
-            .subscribe(&channel, self.outbox.clone(), HUB_WAIT)
+            .subscribe(&channel, self.outbox.clone(), HUB_WAIT, latest)
             .await
             .map_err(|_| unavailable("the live stream"))?;
 
         let store = &self.ctx.store;
-        let (messages, mut cursor, more) = match start {
-            Start::Last(0) => {
+        // `history`: what was read from PostgreSQL, contiguous up to the cursor (it may seed the
+        // hub's cache); empty when the messages came from that cache.
+        let (messages, mut cursor, more, from_store) = match (start, snapshot) {
+            (_, Some(snapshot)) => (snapshot.messages, snapshot.last_seq, false, false),
+            (Start::Last(0), None) => {
                 let last = self.timed(store.last_seq(&channel)).await;
-                (Vec::new(), last.map_err(|_| unavailable("history"))?, false)
+                let last = last.map_err(|_| unavailable("history"))?;
+                (Vec::new(), last, false, false)
             }
-            Start::Last(limit) => {
+            (Start::Last(limit), None) => {
                 let page = self.timed(store.latest(&channel, limit)).await;
                 let page = page.map_err(|_| unavailable("history"))?;
                 let cursor = page.last().map_or(0, |m| m.seq);
-                (page, cursor, false)
+                (SharedMessage::from_page(&page), cursor, false, true)
             }
-            Start::Since(since) => {
+            (Start::Since(since), None) => {
                 let page = self.timed(store.after(&channel, since, PAGE_SIZE)).await;
                 let page = page.map_err(|_| unavailable("history"))?;
                 let more = page.len() as i64 == PAGE_SIZE;
@@ -269,22 +278,24 @@ impl Session {
                         since.min(last.map_err(|_| unavailable("history"))?)
                     }
                 };
-                (page, cursor, more)
+                (SharedMessage::from_page(&page), cursor, more, !more)
             }
         };
         let frame = ServerFrame::Subscribed {
             channel: &channel,
-            messages: &messages,
+            messages: JsonList(&messages),
             last_seq: cursor,
             reply_to: id,
         };
         self.send(frame.to_json()).await;
-        drop(messages);
+        let mut history = if from_store { messages } else { Vec::new() };
         if more {
             cursor = self.catch_up(&channel, cursor).await?;
         }
         loop {
-            match self.ctx.hub.go_live(&subscription, cursor) {
+            let outcome = self.ctx.hub.go_live(&subscription, cursor, &history);
+            history = Vec::new();
+            match outcome {
                 GoLive::Live => break,
                 GoLive::Closed => return Ok(()),
                 GoLive::CatchUp => {
@@ -397,9 +408,10 @@ impl Session {
 }
 
 fn message_frame(message: &StoredMessage) -> String {
+    let shared = SharedMessage::new(message);
     ServerFrame::Message {
         channel: &message.channel,
-        message,
+        message: &shared.json,
     }
     .to_json()
 }
@@ -413,14 +425,17 @@ async fn write_loop(
     let mut ping = tokio::time::interval(ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    // Created once: registering a fresh cancellation waiter on every wake-up costs a lock.
+    let closed = closer.closed();
+    tokio::pin!(closed);
     let (code, reason) = loop {
         tokio::select! {
             biased;
-            reason = closer.closed() => break reason,
+            reason = &mut closed => break reason,
             _ = ping.tick() => {
                 let sent = tokio::select! {
                     biased;
-                    reason = closer.closed() => break reason,
+                    reason = &mut closed => break reason,
                     sent = sink.send(Message::Ping(Vec::new())) => sent,
                 };
                 if sent.is_err() {
@@ -432,7 +447,7 @@ async fn write_loop(
                 let Some(frame) = frame else { break (1000, "") };
                 let written = tokio::select! {
                     biased;
-                    reason = closer.closed() => break reason,
+                    reason = &mut closed => break reason,
                     written = write_batch(&mut sink, &mut queue, frame) => written,
                 };
                 if written.is_err() {

@@ -7,6 +7,8 @@ use std::time::Duration;
 use chat_core::telemetry::LogFormat;
 use clap::Parser;
 
+use crate::hub::HubOptions;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "chat-ws-server",
@@ -58,6 +60,17 @@ pub struct Settings {
     /// Largest accepted `limit` of a subscribe or a REST read.
     #[arg(long, env = "HISTORY_MAX_LIMIT", default_value_t = 1000)]
     pub history_max_limit: i64,
+    /// Newest messages the hub keeps per live channel, serving `subscribe` (last N) and the
+    /// newest REST page without a PostgreSQL query; 0 turns the cache off.
+    #[arg(long, env = "HISTORY_CACHE_MESSAGES", default_value_t = 100)]
+    pub history_cache_messages: usize,
+    /// Seconds a channel stays subscribed on Redis, with its cache, after its last subscriber
+    /// left or its last REST read; 0: unsubscribe at once.
+    #[arg(long, env = "CHANNEL_LINGER_SECS", default_value_t = 30)]
+    pub channel_linger_secs: u64,
+    /// Most channels kept subscribed for REST readers alone (no WebSocket subscriber).
+    #[arg(long, env = "HISTORY_CACHE_WATCHED_CHANNELS", default_value_t = 1000)]
+    pub history_cache_watched_channels: usize,
     /// Most subscriptions one WebSocket connection may hold.
     #[arg(long, env = "WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub ws_max_subscriptions: usize,
@@ -89,6 +102,15 @@ impl Settings {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.ws_idle_timeout_secs.max(1))
+    }
+
+    pub fn hub_options(&self) -> HubOptions {
+        HubOptions {
+            buffer_limit: self.ws_outbound_queue,
+            history_cache: self.history_cache_messages,
+            linger: Duration::from_secs(self.channel_linger_secs),
+            max_watched: self.history_cache_watched_channels,
+        }
     }
 
     pub fn shutdown_drain(&self) -> Duration {

@@ -44,7 +44,7 @@ pub struct Application {
 }
 
 /// Initial read buffer of a WebSocket connection (see [`ws`]).
-const READ_BUFFER_BYTES: usize = 4096;
+const READ_BUFFER_BYTES: usize = 2048;
 
 struct WsState {
     sessions: Arc<SessionContext>,
@@ -65,7 +65,7 @@ impl Application {
             &settings.redis_url,
             &settings.redis_prefix,
             store.clone(),
-            settings.ws_outbound_queue,
+            settings.hub_options(),
             metrics.clone(),
             hub_stop.clone(),
         )
@@ -99,12 +99,13 @@ impl Application {
         let probes = Probes {
             draining: Arc::clone(&draining),
             store: store.clone(),
-            hub,
+            hub: hub.clone(),
             publisher: publisher.clone(),
             metrics: metrics.clone(),
         };
         let api = ChatApi {
             store,
+            hub: hub.clone(),
             publisher,
             metrics: metrics.clone(),
             default_limit: settings.history_default_limit,

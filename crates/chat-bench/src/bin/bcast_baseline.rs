@@ -157,8 +157,8 @@ async fn broadcast(consumer: StreamConsumer, state: Arc<State>) -> anyhow::Resul
 #[handler]
 fn ws(websocket: WebSocket, Data(state): Data<&Arc<State>>) -> impl IntoResponse {
     let state = Arc::clone(state);
-    // The same buffer setting as chat-ws-server (4 KiB initial read buffer).
-    let config = poem::web::websocket::WebSocketConfig::default().read_buffer_size(4096);
+    // The same buffer setting as chat-ws-server (2 KiB initial read buffer).
+    let config = poem::web::websocket::WebSocketConfig::default().read_buffer_size(2048);
     websocket
         .config(config)
         .on_upgrade(move |socket| async move {

@@ -14,7 +14,22 @@ use crate::support::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_clients_subscribing_at_random_moments_of_a_busy_channel_see_contiguous_seq() {
-    let stack = Stack::start().await;
+    // The hub's cache of the newest messages answers most of these subscribes.
+    let hits = handoff_under_load(100).await;
+    assert!(hits > 0.0, "no subscribe was served from the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_history_cache_off_every_subscribe_reads_postgresql_and_still_sees_contiguous_seq()
+{
+    let hits = handoff_under_load(0).await;
+    assert_eq!(hits, 0.0);
+}
+
+/// 50 clients subscribe (last 1..60) at random moments while a producer writes 1,500 messages;
+/// each must see a contiguous run up to the last. Returns the subscribes served from the cache.
+async fn handoff_under_load(history_cache: usize) -> f64 {
+    let stack = Stack::start_with(|s| s.history_cache_messages = history_cache).await;
     const TOTAL: usize = 1500;
     let channel = "#busy";
     let producer = async {
@@ -48,7 +63,11 @@ async fn fifty_clients_subscribing_at_random_moments_of_a_busy_channel_see_conti
         let first = seen.first().copied().unwrap_or(1);
         assert_contiguous(&seen, first, TOTAL as i64);
     }
+    let hits = stack
+        .metric("chat_ws_history_cache_total{outcome=\"hit\",path=\"subscribe\"}")
+        .await;
     stack.finish().await;
+    hits
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,6 +75,68 @@ async fn rest_pages_backward_and_forward_without_gap_while_the_channel_is_writte
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_page_from_the_cache_stays_contiguous_and_current_while_the_channel_is_written()
+{
+    let stack = Stack::start().await;
+    stack.produce_many("#hot", "a", 120).await;
+    stack.wait_stored("#hot", 120).await;
+    let newest = stack.http("/channels/%23hot/messages?limit=50");
+    // The first read finds the channel unwatched (PostgreSQL, then watched), a later one seeds
+    // the cache from PostgreSQL, then the cache answers.
+    let mut ends = Vec::new();
+    for _ in 0..20 {
+        let (status, page) = get_json(&newest).await;
+        assert_eq!(status, 200, "{page}");
+        assert_contiguous(&seqs(&page["messages"]), 71, 120);
+        assert_eq!(page["next_before"], 71);
+        assert_eq!(page["next_after"], 120);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let hits = || stack.metric("chat_ws_history_cache_total{outcome=\"hit\",path=\"rest\"}");
+    let warm = hits().await;
+    assert!(
+        warm > 0.0,
+        "the newest page was never served from the cache"
+    );
+
+    // While 300 more are written, every newest page is a contiguous run of 50 whose end never
+    // moves backwards.
+    let writer = async { stack.produce_many("#hot", "b", 300).await };
+    let reader = async {
+        for _ in 0..60 {
+            let (status, page) = get_json(&newest).await;
+            assert_eq!(status, 200, "{page}");
+            let got = seqs(&page["messages"]);
+            let end = *got.last().unwrap();
+            assert_contiguous(&got, end - 49, end);
+            assert_eq!(page["next_after"], end);
+            ends.push(end);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::join!(writer, reader);
+    assert!(ends.windows(2).all(|w| w[0] <= w[1]), "{ends:?}");
+
+    // Once the writes reached the hub, the cache serves exactly what PostgreSQL holds.
+    stack.wait_stored("#hot", 420).await;
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    loop {
+        let (_, page) = get_json(&newest).await;
+        if page["next_after"] == 420 {
+            assert_contiguous(&seqs(&page["messages"]), 371, 420);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stuck at {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(hits().await > warm);
+    // A limit above the cache's capacity (100) is read from PostgreSQL.
+    let (_, page) = get_json(&stack.http("/channels/%23hot/messages?limit=300")).await;
+    assert_contiguous(&seqs(&page["messages"]), 121, 420);
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_publish_is_accepted_with_its_id_and_reaches_a_websocket_subscriber() {
     let stack = Stack::start().await;
     let mut reader = stack.connect().await;
