@@ -241,7 +241,7 @@ impl Session {
             )
         };
         let latest = match start {
-            Start::Last(limit) if limit > 0 => usize::try_from(limit).ok(),
+            Start::Last(limit) => usize::try_from(limit).ok(),
             _ => None,
         };
         let (subscription, snapshot) = self

@@ -56,6 +56,17 @@ async fn subscribe_without_limit_returns_the_default_fifty() {
         .await;
     assert_contiguous(&seqs(&reply["messages"]), 11, 60);
     assert_eq!(reply["last_seq"], 60);
+    // The channel is live now: the hub's cache answers the same questions.
+    for (limit, first) in [(50, 11), (5, 56), (0, 61)] {
+        let mut again = stack.connect().await;
+        let reply = again
+            .subscribe(json!({"command": "subscribe", "channel": "room", "limit": limit}))
+            .await;
+        assert_contiguous(&seqs(&reply["messages"]), first, 60);
+        assert_eq!(reply["last_seq"], 60);
+    }
+    let hits = "chat_ws_history_cache_total{outcome=\"hit\",path=\"subscribe\"}";
+    assert_eq!(stack.metric(hits).await, 3.0);
 
     let mut empty = stack.connect().await;
     let reply = empty
