@@ -3,8 +3,9 @@
 //! Produces N JSON records (~200 bytes) over C channels to a fresh topic, then measures in one
 //! run:
 //! - baseline 1: the raw consume rate of that topic (an rdkafka consumer doing no work);
-//! - baseline 2: COPY of the same rows, in batches of the worker's size, into an empty table
-//!   with the same indexes as `messages`;
+//! - baseline 2: COPY of the same rows (with the ids the worker derives from their Kafka
+//!   coordinates), in batches of the worker's size, into an empty table with the same indexes
+//!   as `messages`;
 //! - baseline 3: pipelined Redis PUBLISH of the same payloads;
 //! - the real `chat-worker` binary (release build, next to this one): time from the first
 //!   record stored to the last record published, and its peak RSS.
@@ -111,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
 
     let topic = unique("bench.ingest");
     create_topic(&services.kafka_brokers, &topic, args.partitions).await;
-    let produce = produce(&services.kafka_brokers, &topic, &rows).await?;
+    let (produce, coordinates) = produce(&services.kafka_brokers, &topic, &rows).await?;
     println!(
         "produce (setup)             {:>10.0} records/s",
         rate(rows.len(), produce)
@@ -122,7 +123,11 @@ async fn main() -> anyhow::Result<()> {
         let consume = raw_consume(&services.kafka_brokers, &topic, rows.len())?;
         report.push(("raw consume (rdkafka, no work)", rate(rows.len(), consume)));
         let db = TestDatabase::create(&services).await;
-        let copy = raw_copy(&db, &rows, args.batch).await?;
+        let ids: Vec<MessageId> = coordinates
+            .iter()
+            .map(|&(partition, offset)| MessageId::derived(&topic, partition, offset))
+            .collect();
+        let copy = raw_copy(&db, &rows, &ids, args.batch).await?;
         report.push(("raw COPY into empty table", rate(rows.len(), copy)));
         let publish = raw_publish(&services.redis_url, &rows, args.batch).await?;
         report.push(("raw pipelined PUBLISH", rate(rows.len(), publish)));
@@ -151,7 +156,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn produce(brokers: &str, topic: &str, rows: &[Row]) -> anyhow::Result<Duration> {
+/// Produces every row; returns the time taken and each row's (partition, offset).
+async fn produce(
+    brokers: &str,
+    topic: &str,
+    rows: &[Row],
+) -> anyhow::Result<(Duration, Vec<(i32, i64)>)> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
@@ -161,6 +171,7 @@ async fn produce(brokers: &str, topic: &str, rows: &[Row]) -> anyhow::Result<Dur
         .set("queue.buffering.max.messages", "2000000")
         .create()?;
     let started = Instant::now();
+    let mut coordinates = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(20_000) {
         let sends = chunk.iter().map(|row| {
             let mut record = FutureRecord::to(topic)
@@ -175,10 +186,11 @@ async fn produce(brokers: &str, topic: &str, rows: &[Row]) -> anyhow::Result<Dur
             producer.send(record, Duration::from_secs(60))
         });
         for result in futures::future::join_all(sends).await {
-            result.map_err(|(err, _)| err).context("produce")?;
+            let delivery = result.map_err(|(err, _)| err).context("produce")?;
+            coordinates.push((delivery.partition, delivery.offset));
         }
     }
-    Ok(started.elapsed())
+    Ok((started.elapsed(), coordinates))
 }
 
 fn raw_consume(brokers: &str, topic: &str, expected: usize) -> anyhow::Result<Duration> {
@@ -205,7 +217,13 @@ fn raw_consume(brokers: &str, topic: &str, expected: usize) -> anyhow::Result<Du
     Ok(started.map_or(Duration::ZERO, |s| s.elapsed()))
 }
 
-async fn raw_copy(db: &TestDatabase, rows: &[Row], batch: usize) -> anyhow::Result<Duration> {
+/// COPY of the rows with the ids the worker derives for them (from their Kafka coordinates).
+async fn raw_copy(
+    db: &TestDatabase,
+    rows: &[Row],
+    ids: &[MessageId],
+    batch: usize,
+) -> anyhow::Result<Duration> {
     sqlx::query("create table copy_baseline (like messages including all)")
         .execute(&db.pool)
         .await?;
@@ -213,20 +231,14 @@ async fn raw_copy(db: &TestDatabase, rows: &[Row], batch: usize) -> anyhow::Resu
     let sent_at = sent_at.to_rfc3339();
     let mut seq_by_channel = std::collections::HashMap::<&str, i64>::new();
     let started = Instant::now();
-    for chunk in rows.chunks(batch) {
+    for (chunk, ids) in rows.chunks(batch).zip(ids.chunks(batch)) {
         let mut data = String::with_capacity(chunk.len() * 200);
-        for row in chunk {
+        for (row, id) in chunk.iter().zip(ids) {
             let seq = seq_by_channel.entry(&row.channel).or_insert(0);
             *seq += 1;
             data.push_str(&format!(
                 "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
-                row.channel,
-                seq,
-                uuid::Uuid::new_v4(),
-                row.author,
-                row.text,
-                sent_at,
-                sent_at
+                row.channel, seq, id, row.author, row.text, sent_at, sent_at
             ));
         }
         let mut conn = db.pool.acquire().await?;
