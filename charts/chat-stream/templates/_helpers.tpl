@@ -134,6 +134,7 @@ KAFKA_GROUP_ID: {{ .Values.worker.config.groupId | quote }}
 DATABASE_MAX_CONNECTIONS: {{ .Values.worker.config.databaseMaxConnections | quote }}
 HTTP_ADDR: {{ printf "0.0.0.0:%v" .Values.worker.port | quote }}
 BATCH_MAX_RECORDS: {{ .Values.worker.config.batchMaxRecords | quote }}
+PIPELINE_LANES: {{ .Values.worker.config.pipelineLanes | quote }}
 BATCH_LINGER_MS: {{ .Values.worker.config.batchLingerMs | quote }}
 RETRY_MAX_BACKOFF_MS: {{ .Values.worker.config.retryMaxBackoffMs | quote }}
 OTEL_SERVICE_NAME: {{ .Values.worker.config.otelServiceName | quote }}
