@@ -131,6 +131,7 @@ OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 {{ include "chat-stream.sharedConfig" . }}
 KAFKA_DLQ_TOPIC: {{ .Values.worker.config.dlqTopic | quote }}
 KAFKA_GROUP_ID: {{ .Values.worker.config.groupId | quote }}
+KAFKA_FETCH_QUEUE_KBYTES: {{ .Values.worker.config.fetchQueueKbytes | quote }}
 DATABASE_MAX_CONNECTIONS: {{ .Values.worker.config.databaseMaxConnections | quote }}
 HTTP_ADDR: {{ printf "0.0.0.0:%v" .Values.worker.port | quote }}
 BATCH_MAX_RECORDS: {{ .Values.worker.config.batchMaxRecords | quote }}

@@ -28,6 +28,20 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// Deletes topics (benchmarks call it on the way out); a failure is only reported.
+pub async fn delete_topics(brokers: &str, topics: &[&str]) {
+    let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create();
+    let deleted = match admin {
+        Ok(admin) => admin.delete_topics(topics, &AdminOptions::new()).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = deleted {
+        eprintln!("could not delete topics {topics:?}: {err}");
+    }
+}
+
 pub fn producer(brokers: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)

@@ -87,6 +87,29 @@ impl TestDatabase {
             .expect("read messages")
     }
 
+    /// Closes the pool and drops the database (benchmarks call it so that repeated runs do not
+    /// fill the disk; a failure is only reported).
+    pub async fn drop_database(self, services: &Services) {
+        self.pool.close().await;
+        let dropped = async {
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&services.database_url)
+                .await?;
+            sqlx::query(&format!(
+                "drop database if exists {} with (force)",
+                self.name
+            ))
+            .execute(&admin)
+            .await?;
+            admin.close().await;
+            Ok::<_, sqlx::Error>(())
+        };
+        if let Err(err) = dropped.await {
+            eprintln!("could not drop database {}: {err}", self.name);
+        }
+    }
+
     pub async fn count(&self) -> i64 {
         let (n,): (i64,) = sqlx::query_as("select count(*) from messages")
             .fetch_one(&self.pool)

@@ -124,9 +124,10 @@ pub fn create(
         .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        // librdkafka prefetches up to 64 MiB by default; 16 MiB (~90k records of 200 bytes)
-        // keeps every lane fed and the RSS well under 100 MiB.
-        .set("queued.max.messages.kbytes", "16384")
+        .set(
+            "queued.max.messages.kbytes",
+            settings.kafka_fetch_queue_kbytes.max(1).to_string(),
+        )
         .create_with_context(WorkerContext { metrics })?;
     consumer.subscribe(&[&settings.kafka_topic])?;
     Ok(consumer)

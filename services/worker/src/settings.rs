@@ -50,6 +50,11 @@ pub struct Settings {
     /// Consumer group; replicas in one group share the partitions.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "chat-worker")]
     pub kafka_group_id: String,
+    /// Records librdkafka prefetches, in KiB (its `queued.max.messages.kbytes`; its own default
+    /// is 64 MiB). The largest share of the worker's memory, and what keeps the lanes fed: see
+    /// docs/BENCHMARKS.md for rate and RSS at 8, 12 and 16 MiB.
+    #[arg(long, env = "KAFKA_FETCH_QUEUE_KBYTES", default_value_t = 16384)]
+    pub kafka_fetch_queue_kbytes: u32,
     /// PostgreSQL connection URL (a secret: never logged).
     #[arg(
         long,

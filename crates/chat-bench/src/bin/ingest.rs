@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use chat_core::channel::ChannelName;
 use chat_core::envelope::Envelope;
 use chat_core::message::{db_time, MessageId, StoredMessage};
-use chat_testkit::kafka::create_topic;
+use chat_testkit::kafka::{create_topic, delete_topics};
 use chat_testkit::{unique, Services, TestDatabase};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -127,14 +127,21 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .map(|&(partition, offset)| MessageId::derived(&topic, partition, offset))
             .collect();
-        let copy = raw_copy(&db, &rows, &ids, args.batch).await?;
+        let copy = raw_copy(&db, &rows, &ids, args.batch).await;
+        db.drop_database(&services).await;
+        let copy = copy?;
         report.push(("raw COPY into empty table", rate(rows.len(), copy)));
         let publish = raw_publish(&services.redis_url, &rows, args.batch).await?;
         report.push(("raw pipelined PUBLISH", rate(rows.len(), publish)));
     }
 
     let db = TestDatabase::create(&services).await;
-    let (elapsed, peak_rss_kib) = run_worker(&args, &services, &db, &topic, rows.len()).await?;
+    let worker = run_worker(&args, &services, &db, &topic, rows.len()).await;
+    // Every run writes ~200 MB to Kafka and ~300 MB to PostgreSQL: leave nothing behind.
+    db.drop_database(&services).await;
+    let dlq = format!("{topic}.dlq");
+    delete_topics(&services.kafka_brokers, &[&topic, &dlq]).await;
+    let (elapsed, peak_rss_kib) = worker?;
     let worker_rate = rate(rows.len(), elapsed);
     for (name, value) in &report {
         println!("{name:<32}{value:>10.0} records/s");

@@ -59,6 +59,7 @@ impl World {
             kafka_topic: self.topic.clone(),
             kafka_dlq_topic: self.dlq_topic.clone(),
             kafka_group_id: self.group.clone(),
+            kafka_fetch_queue_kbytes: 16384,
             database_url: self.db.url.clone(),
             database_max_connections: 4,
             redis_url: self.services.redis_url.clone(),

@@ -150,6 +150,7 @@ impl Stack {
             kafka_topic: iso.topic.clone(),
             kafka_dlq_topic: format!("{}.dlq", iso.topic),
             kafka_group_id: format!("test-ws-{}", iso.id),
+            kafka_fetch_queue_kbytes: 16384,
             database_url: iso.database_url.clone(),
             database_max_connections: 4,
             redis_url: redis_url(),
