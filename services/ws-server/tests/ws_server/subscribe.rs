@@ -128,3 +128,49 @@ async fn unsubscribe_stops_delivery_and_a_second_unsubscribe_is_an_error() {
     assert_eq!(client.recv().await["code"], "not_subscribed");
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_nobody_uses_stays_on_redis_for_the_linger_period_then_leaves() {
+    let stack = Stack::start_with(|s| s.channel_linger_secs = 2).await;
+    let redis_name = format!("{}lingering", stack.iso.redis_prefix);
+    let redis = redis::Client::open(crate::support::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let subscribers = || {
+        let mut redis = redis.clone();
+        let name = redis_name.clone();
+        async move {
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&name)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            counts[0].1
+        }
+    };
+    let mut client = stack.connect().await;
+    client
+        .subscribe(json!({"command": "subscribe", "channel": "lingering"}))
+        .await;
+    client
+        .send(json!({"command": "unsubscribe", "channel": "lingering"}))
+        .await;
+    assert_eq!(client.recv().await["type"], "unsubscribed");
+    // Nobody subscribes any more, but the hub keeps the channel (and its cache) for a while.
+    assert_eq!(subscribers().await, 1);
+    assert_eq!(stack.metric("chat_ws_hub_channels").await, 1.0);
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    while subscribers().await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle channel never left Redis"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(stack.metric("chat_ws_hub_channels").await, 0.0);
+    drop(redis);
+    stack.finish().await;
+}
