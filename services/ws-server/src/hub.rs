@@ -1,7 +1,8 @@
 //! The hub: the one Redis pub/sub connection of the process and the in-process fan-out.
 //!
 //! - The hub SUBSCRIBEs to a channel's Redis channel when its first local subscriber arrives and
-//!   UNSUBSCRIBEs when the last one leaves. A [`PubSubTask`] owns the connection; it reconnects
+//!   UNSUBSCRIBEs a linger period after the last one leaves (at once with a linger of 0 or no
+//!   cache). A [`PubSubTask`] owns the connection; it reconnects
 //!   with backoff, resubscribes every channel and triggers a back-fill from PostgreSQL.
 //! - Per channel the hub remembers the last delivered `seq`. A live message at or below it is a
 //!   duplicate and dropped; one more than one above it opens a gap that is repaired from
