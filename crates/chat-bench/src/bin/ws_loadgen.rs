@@ -117,6 +117,26 @@ struct FanoutArgs {
     /// Skip the confirmation step at half the highest sustained rate.
     #[arg(long)]
     no_half: bool,
+    /// A process whose CPU time is reported per step, as NAME=PID (repeatable): e.g. the
+    /// server, to compare its CPU cost per delivery with the baseline's.
+    #[arg(long = "cpu-pid", value_parser = parse_named_pid)]
+    cpu_pids: Vec<(String, u32)>,
+}
+
+fn parse_named_pid(raw: &str) -> Result<(String, u32), String> {
+    let (name, pid) = raw.split_once('=').ok_or("expected NAME=PID")?;
+    let pid = pid.parse().map_err(|_| format!("not a PID: {pid}"))?;
+    Ok((name.to_owned(), pid))
+}
+
+/// User + system CPU seconds a process has used so far (`/proc/PID/stat`, in USER_HZ = 100).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name start with the state (field 3).
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 #[derive(Debug, Args)]
@@ -614,6 +634,9 @@ struct StepResult {
     p99: f64,
     p999: f64,
     max: f64,
+    /// (name, CPU seconds used during the step) of each `--cpu-pid` process.
+    cpu: Vec<(String, f64)>,
+    window: f64,
 }
 
 impl StepResult {
@@ -634,6 +657,14 @@ impl StepResult {
             self.p999,
             self.max,
         );
+        for (name, secs) in &self.cpu {
+            println!(
+                "{label:<10} cpu    {:>7.0} msg/s  {name}: {:.2} cores, {:.2} µs of CPU per delivery",
+                self.rate,
+                secs / self.window,
+                secs * 1e6 / (self.delivered.max(1) as f64),
+            );
+        }
     }
 }
 
@@ -759,6 +790,11 @@ async fn run_step(
     secs: f64,
 ) -> anyhow::Result<StepResult> {
     let start_nanos = unix_nanos();
+    let cpu_before: Vec<Option<f64>> = args
+        .cpu_pids
+        .iter()
+        .map(|(_, pid)| cpu_secs(*pid))
+        .collect();
     let produced = produce_open_loop(producer, &args.kafka, channels, step, rate, secs).await?;
     let expected: u64 = (0..produced)
         .map(|i| per_channel[i as usize % channels.len()])
@@ -766,11 +802,19 @@ async fn run_step(
     let _ = producer.flush(Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs_f64(args.grace_secs)).await;
     let (histogram, last, closed) = fleet.report(step)?;
+    let cpu = args
+        .cpu_pids
+        .iter()
+        .zip(cpu_before)
+        .filter_map(|((name, pid), before)| Some((name.clone(), cpu_secs(*pid)? - before?)))
+        .collect();
     if closed > 0 {
         println!("  {closed} subscriber connections were closed by the server");
     }
     let delivered = histogram.len();
+    // Deliveries are counted up to the last receive; CPU over the whole step and its grace.
     let window = (last.saturating_sub(start_nanos) as f64 / 1e9).max(secs);
+    let cpu_window = (unix_nanos().saturating_sub(start_nanos) as f64 / 1e9).max(secs);
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(StepResult {
         rate,
@@ -782,6 +826,8 @@ async fn run_step(
         p99: ms(0.99),
         p999: ms(0.999),
         max: histogram.max() as f64 / 1000.0,
+        cpu,
+        window: cpu_window,
     })
 }
 
