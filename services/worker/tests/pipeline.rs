@@ -55,6 +55,7 @@ async fn every_record_is_stored_once_with_contiguous_seq_in_partition_order_and_
     assert_eq!(worker.get("/readyz").await.0, 200);
     assert_eq!(worker.get("/healthz").await.0, 200);
     worker.stop().await;
+    world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,6 +98,7 @@ async fn redelivered_records_add_no_row_and_no_seq_and_are_republished_with_thei
         );
         assert_eq!(original, again, "republished byte-identical");
     }
+    world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,6 +214,7 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_the_records_a
         "{metrics}"
     );
     worker.stop().await;
+    world.finish().await;
 }
 
 /// For each partition, the committed offset must not pass the first record that is not yet
@@ -299,6 +302,7 @@ async fn postgres_outage_mid_stream_loses_nothing_and_commits_nothing_past_unsto
     assert_log_matches(&world.db.rows().await, &expected);
     assert!(eventually(SETTLE, || async { worker.get("/readyz").await.0 == 200 }).await);
     worker.stop().await;
+    world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,6 +353,7 @@ async fn redis_outage_mid_stream_loses_nothing_and_commits_nothing_past_unpublis
     );
     assert_log_matches(&world.db.rows().await, &expected);
     worker.stop().await;
+    world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,4 +391,5 @@ async fn graceful_shutdown_finishes_and_commits_the_batch_in_flight() {
             "partition {partition}: committed offset is exactly past the last stored record"
         );
     }
+    world.finish().await;
 }

@@ -62,6 +62,7 @@ async fn worker_killed_at_random_moments_loses_nothing_and_duplicates_nothing() 
         "every message published at least once"
     );
     assert!(worker.terminate(GRACE).await, "SIGTERM: exit 0 within 10 s");
+    world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,4 +97,5 @@ async fn two_replicas_keep_per_channel_order_when_one_stops_mid_stream() {
     );
     assert_log_matches(&world.db.rows().await, &expected);
     assert!(first.terminate(GRACE).await);
+    world.finish().await;
 }
