@@ -43,13 +43,29 @@ impl MessageId {
     /// instead of being written on random pages (a UUIDv5 here made the raw COPY of the same
     /// rows about 40 % slower, see docs/BENCHMARKS.md).
     pub fn derived(topic: &str, partition: i32, offset: i64) -> Self {
+        IdPrefix::new(topic, partition).id(offset)
+    }
+}
+
+/// The part of [`MessageId::derived`] that every record of one topic-partition shares: the
+/// hash of `topic/partition`, with the UUID version bits. Compute it once per partition, not
+/// once per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdPrefix(u128);
+
+impl IdPrefix {
+    pub fn new(topic: &str, partition: i32) -> Self {
         let name = format!("{topic}/{partition}");
         let hash = Uuid::new_v5(&DERIVED_ID_NAMESPACE, name.as_bytes()).as_u128();
+        let prefix = hash >> 68; // 60 bits
+        Self((prefix >> 12) << 80 | 0x8 << 76 | (prefix & 0xfff) << 64)
+    }
+
+    /// The id of the record at `offset`.
+    pub fn id(self, offset: i64) -> MessageId {
         // Offsets are non-negative and far below 2^62; the mask keeps the variant bits free.
         let offset = (offset as u64 & ((1 << 62) - 1)) as u128;
-        let prefix = hash >> 68; // 60 bits
-        let high = (prefix >> 12) << 80 | 0x8 << 76 | (prefix & 0xfff) << 64;
-        Self(Uuid::from_u128(high | 0b10 << 62 | offset))
+        MessageId(Uuid::from_u128(self.0 | 0b10 << 62 | offset))
     }
 }
 
@@ -61,9 +77,9 @@ impl std::fmt::Display for MessageId {
 
 /// Where a record came from; used to derive its id and its fallback `sent_at`.
 #[derive(Debug, Clone, Copy)]
-pub struct RecordOrigin<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
+pub struct RecordOrigin {
+    /// Of the record's topic-partition.
+    pub id_prefix: IdPrefix,
     pub offset: i64,
     /// The record's Kafka timestamp, if it has one.
     pub timestamp: Option<DateTime<Utc>>,
@@ -191,7 +207,7 @@ impl NewMessage {
     pub fn from_record(
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        origin: RecordOrigin<'_>,
+        origin: RecordOrigin,
     ) -> Result<Self, RejectReason> {
         let value = value.unwrap_or_default();
         if value.len() > MAX_RECORD_BYTES {
@@ -224,7 +240,7 @@ impl NewMessage {
 
         let id = match raw.id {
             Some(id) => MessageId(Uuid::parse_str(&id).map_err(|_| RejectReason::InvalidId(id))?),
-            None => MessageId::derived(origin.topic, origin.partition, origin.offset),
+            None => origin.id_prefix.id(origin.offset),
         };
         let sent_at = match raw.sent_at {
             Some(at) => DateTime::parse_from_rfc3339(&at)
@@ -247,10 +263,9 @@ impl NewMessage {
 mod tests {
     use super::*;
 
-    fn origin() -> RecordOrigin<'static> {
+    fn origin() -> RecordOrigin {
         RecordOrigin {
-            topic: "chat.messages",
-            partition: 3,
+            id_prefix: IdPrefix::new("chat.messages", 3),
             offset: 42,
             timestamp: None,
         }

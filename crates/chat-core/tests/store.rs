@@ -93,7 +93,7 @@ async fn duplicates_keep_their_stored_seq_and_new_messages_continue_the_sequence
     let outcomes = store.insert_batch(&second).await.unwrap();
     assert!(outcomes.iter().all(|o| matches!(o, Outcome::Duplicate(_))));
     assert_eq!(db.count().await, 7);
-    db.drop_database(&Services::from_env()).await;
+    db.drop_database().await;
 }
 
 #[tokio::test]
@@ -124,5 +124,5 @@ async fn concurrent_writers_of_one_channel_never_leave_a_hole_or_reuse_a_seq() {
         .map(|(_, seq, _)| seq)
         .collect();
     assert_eq!(shared, (1..=1000).collect::<Vec<i64>>());
-    db.drop_database(&Services::from_env()).await;
+    db.drop_database().await;
 }

@@ -51,6 +51,8 @@ pub struct TestDatabase {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    /// The server's maintenance database, where this one is created and dropped.
+    admin_url: String,
 }
 
 impl TestDatabase {
@@ -76,7 +78,12 @@ impl TestDatabase {
             .run(&pool)
             .await
             .expect("migrations apply");
-        Self { name, url, pool }
+        Self {
+            name,
+            url,
+            pool,
+            admin_url: services.database_url.clone(),
+        }
     }
 
     /// Every stored `(channel, seq, text)`, ordered by channel then seq.
@@ -89,12 +96,12 @@ impl TestDatabase {
 
     /// Closes the pool and drops the database (benchmarks call it so that repeated runs do not
     /// fill the disk; a failure is only reported).
-    pub async fn drop_database(self, services: &Services) {
+    pub async fn drop_database(self) {
         self.pool.close().await;
         let dropped = async {
             let admin = PgPoolOptions::new()
                 .max_connections(1)
-                .connect(&services.database_url)
+                .connect(&self.admin_url)
                 .await?;
             sqlx::query(&format!(
                 "drop database if exists {} with (force)",

@@ -1,5 +1,6 @@
 //! A Redis pattern subscriber that collects every envelope published under a prefix.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use chat_core::envelope::Envelope;
@@ -37,6 +38,12 @@ impl RedisTap {
 
     pub fn received(&self) -> Vec<Envelope> {
         self.received.lock().expect("tap lock").clone()
+    }
+
+    /// The distinct texts of the messages received so far.
+    pub fn texts(&self) -> BTreeSet<String> {
+        let received = self.received.lock().expect("tap lock");
+        received.iter().map(|e| e.message.text.clone()).collect()
     }
 
     pub fn len(&self) -> usize {

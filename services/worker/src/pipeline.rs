@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chat_core::backoff::Backoff;
 use chat_core::envelope::Envelope;
-use chat_core::message::{NewMessage, RecordOrigin, RejectReason};
+use chat_core::message::{IdPrefix, NewMessage, RecordOrigin, RejectReason};
 use chat_core::store::{Outcome, Store};
 use chat_core::telemetry::{self, MessageSpan};
 use opentelemetry::trace::{SpanContext, SpanKind};
@@ -82,10 +82,22 @@ impl Pipeline {
         let mut valid: Vec<NewMessage> = Vec::with_capacity(batch.len());
         let mut traceparents: Vec<Option<String>> = Vec::with_capacity(batch.len());
         let mut rejected: Vec<(&Record, RejectReason)> = Vec::new();
+        // A lane serves a few partitions: hash each one's id prefix once per batch.
+        let mut prefixes: Vec<(&str, i32, IdPrefix)> = Vec::new();
         for record in batch {
+            let known = prefixes.iter().find(|(topic, partition, _)| {
+                *partition == record.partition && *topic == record.topic
+            });
+            let id_prefix = match known {
+                Some(&(_, _, prefix)) => prefix,
+                None => {
+                    let prefix = IdPrefix::new(&record.topic, record.partition);
+                    prefixes.push((&record.topic, record.partition, prefix));
+                    prefix
+                }
+            };
             let origin = RecordOrigin {
-                topic: &record.topic,
-                partition: record.partition,
+                id_prefix,
                 offset: record.offset,
                 timestamp: record.timestamp,
             };

@@ -328,27 +328,13 @@ async fn redis_outage_mid_stream_loses_nothing_and_commits_nothing_past_unpublis
         .await
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let published: BTreeSet<String> = world
-        .tap
-        .received()
-        .into_iter()
-        .map(|e| e.message.text)
-        .collect();
+    let published = world.tap.texts();
     assert!(published.len() < 2000, "the outage held records back");
     assert_nothing_committed_past_unfinished(&world.committed(), &coordinates, &texts, &published);
 
     proxy.restore();
     assert!(
-        eventually(SETTLE, || async {
-            let published: BTreeSet<String> = world
-                .tap
-                .received()
-                .into_iter()
-                .map(|e| e.message.text)
-                .collect();
-            published.len() == 2000
-        })
-        .await,
+        eventually(SETTLE, || async { world.tap.texts().len() == 2000 }).await,
         "every message published once Redis is back"
     );
     assert_log_matches(&world.db.rows().await, &expected);

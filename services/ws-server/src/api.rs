@@ -2,10 +2,11 @@
 //! `/openapi.json` and browsable at `/docs`.
 
 use std::borrow::Cow;
-use std::time::Instant;
 
 use chat_core::channel::{ChannelName, MAX_CHANNEL_LEN};
-use chat_core::message::{validate_author, validate_text, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS};
+use chat_core::message::{
+    validate_author, validate_text, StoredMessage, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS,
+};
 use chat_core::store::Store;
 use chrono::{DateTime, Utc};
 use poem::IntoResponse;
@@ -245,60 +246,23 @@ impl ChatApi {
                 "before must be 1 or more, after 0 or more".into(),
             );
         }
-        let started = Instant::now();
-        let mut ticket = None;
-        let result = match (before.0, after.0) {
-            (before, Some(after)) => {
-                self.store
-                    .after(&channel, after, limit)
-                    .await
-                    .map(|mut page| {
-                        // A window: the first `limit` messages above `after` that are below `before`.
-                        if let Some(before) = before {
-                            page.retain(|m| m.seq < before);
-                        }
-                        page
-                    })
-            }
-            (Some(before), None) => {
-                self.store
-                    .before(&channel, before, limit)
-                    .await
-                    .map(|mut page| {
-                        page.reverse();
-                        page
-                    })
-            }
-            (None, None) => match self.hub.latest(&channel, limit as usize) {
-                Latest::Cached(page) => {
-                    return HistoryResponse::Ok(page_body(&channel, &page, None, None));
-                }
-                Latest::Read(read_ticket) => {
-                    ticket = read_ticket;
-                    self.store.latest(&channel, limit).await
-                }
-            },
+        let page = match (before.0, after.0) {
+            (None, None) => self.newest(&channel, limit).await,
+            (before, after) => self
+                .read_store(&channel, limit, before, after)
+                .await
+                .map(|page| SharedMessage::from_page(&page)),
         };
-        self.metrics
-            .history_query_duration
-            .observe(started.elapsed().as_secs_f64());
-        let page = match result {
-            Ok(page) => SharedMessage::from_page(&page),
-            Err(err) => {
-                tracing::warn!(channel = %channel, error = %err, "history query failed");
+        let page = match page {
+            Ok(page) => page,
+            // Logged by `timed_history`.
+            Err(_) => {
                 return HistoryResponse::Unavailable(Json(ErrorBody::new(
                     "unavailable",
                     "history is unavailable; retry later",
                 )));
             }
         };
-        if before.0.is_none() && after.0.is_none() {
-            match ticket {
-                Some(ticket) => self.hub.seed(ticket, &page),
-                None if !page.is_empty() => self.hub.watch(&channel),
-                None => {}
-            }
-        }
         HistoryResponse::Ok(page_body(&channel, &page, before.0, after.0))
     }
 
@@ -351,6 +315,60 @@ impl ChatApi {
                 )))
             }
         }
+    }
+}
+
+impl ChatApi {
+    /// The newest `limit` messages: from the hub's cache when it holds them; otherwise from
+    /// PostgreSQL, and the page then seeds the cache (or starts watching the channel).
+    async fn newest(&self, channel: &ChannelName, limit: i64) -> Result<Vec<Shared>, sqlx::Error> {
+        let ticket = match self.hub.latest(channel, limit as usize) {
+            Latest::Cached(page) => return Ok(page),
+            Latest::Read(ticket) => ticket,
+        };
+        let page = SharedMessage::from_page(&self.read_store(channel, limit, None, None).await?);
+        match ticket {
+            Some(ticket) => self.hub.seed(ticket, &page),
+            None if !page.is_empty() => self.hub.watch(channel),
+            None => {}
+        }
+        Ok(page)
+    }
+
+    /// A page read from PostgreSQL, ascending: the newest without a cursor, else by cursor.
+    async fn read_store(
+        &self,
+        channel: &ChannelName,
+        limit: i64,
+        before: Option<i64>,
+        after: Option<i64>,
+    ) -> Result<Vec<StoredMessage>, sqlx::Error> {
+        let store = &self.store;
+        let mut page = match (before, after) {
+            (_, Some(after)) => {
+                self.metrics
+                    .timed_history(store.after(channel, after, limit))
+                    .await?
+            }
+            (Some(before), None) => {
+                let mut page = self
+                    .metrics
+                    .timed_history(store.before(channel, before, limit))
+                    .await?;
+                page.reverse();
+                page
+            }
+            (None, None) => {
+                self.metrics
+                    .timed_history(store.latest(channel, limit))
+                    .await?
+            }
+        };
+        // With both cursors, a window: the first `limit` messages above `after` below `before`.
+        if let (Some(before), Some(_)) = (before, after) {
+            page.retain(|m| m.seq < before);
+        }
+        Ok(page)
     }
 }
 

@@ -41,8 +41,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::protocol::ServerFrame;
-use crate::recent::{Recent, Shared, SharedMessage};
+use crate::protocol;
+use crate::recent::{Recent, Shared};
 
 /// A serialized server frame, shared by every connection it is delivered to.
 pub type Frame = Arc<str>;
@@ -97,12 +97,7 @@ struct Delivery {
 
 impl Delivery {
     fn new(message: &StoredMessage) -> Self {
-        let shared = SharedMessage::new(message);
-        let frame = ServerFrame::Message {
-            channel: &message.channel,
-            message: &shared.json,
-        }
-        .to_json();
+        let (shared, frame) = protocol::message_frame(message);
         Self {
             seq: message.seq,
             frame: frame.into(),
@@ -566,19 +561,14 @@ impl Hub {
         if !valid {
             return;
         }
-        let capacity = self.inner.options.history_cache;
-        match state.last {
-            // Nothing delivered yet: the page is the channel up to its snapshot, and every later
-            // message arrives live (the read started after the Redis subscription).
-            None => {
-                let last = page.last().map_or(0, |m| m.seq);
-                state.last = Some(last);
-                state.recent.prepend(page, last, capacity);
-            }
-            Some(last) => {
-                state.recent.prepend(page, last, capacity);
-            }
-        }
+        // Nothing delivered yet: the page is the channel up to its snapshot, and every later
+        // message arrives live (the read started after the Redis subscription).
+        let last = *state
+            .last
+            .get_or_insert_with(|| page.last().map_or(0, |m| m.seq));
+        state
+            .recent
+            .prepend(page, last, self.inner.options.history_cache);
     }
 
     /// Keeps a channel that REST readers use on Redis for the linger period, so that its newest

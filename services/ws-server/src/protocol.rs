@@ -2,12 +2,12 @@
 //! types, and server frames as serde types. Every error has a stable [`ErrorCode`].
 
 use chat_core::channel::ChannelName;
-use chat_core::message::{validate_author, validate_text};
+use chat_core::message::{validate_author, validate_text, StoredMessage};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::recent::JsonList;
+use crate::recent::{JsonList, Shared, SharedMessage};
 
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +264,17 @@ impl ServerFrame<'_> {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("server frames always serialize")
     }
+}
+
+/// A stored message serialized once, and the `message` frame that carries it.
+pub fn message_frame(message: &StoredMessage) -> (Shared, String) {
+    let shared = SharedMessage::new(message);
+    let frame = ServerFrame::Message {
+        channel: &message.channel,
+        message: &shared.json,
+    }
+    .to_json();
+    (shared, frame)
 }
 
 impl ProtocolError {

@@ -7,10 +7,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_core::channel::ChannelName;
-use chat_core::message::StoredMessage;
 use chat_core::store::Store;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -326,7 +325,7 @@ impl Session {
                     )
                 })?;
             for message in &page {
-                self.send(message_frame(message)).await;
+                self.send(protocol::message_frame(message).1).await;
                 cursor = message.seq;
             }
             if (page.len() as i64) < PAGE_SIZE {
@@ -369,23 +368,11 @@ impl Session {
         }.in_current_span());
     }
 
-    async fn timed<T, E>(
+    async fn timed<T, E: std::fmt::Display>(
         &self,
         query: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, E>
-    where
-        E: std::fmt::Display,
-    {
-        let started = Instant::now();
-        let result = query.await;
-        self.ctx
-            .metrics
-            .history_query_duration
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(err) = &result {
-            tracing::warn!(error = %err, "history query failed");
-        }
-        result
+    ) -> Result<T, E> {
+        self.ctx.metrics.timed_history(query).await
     }
 
     async fn reply_error(&self, err: ProtocolError) {
@@ -405,15 +392,6 @@ impl Session {
     async fn send(&self, frame: String) {
         let _ = self.outbox.frames.send(Frame::from(frame)).await;
     }
-}
-
-fn message_frame(message: &StoredMessage) -> String {
-    let shared = SharedMessage::new(message);
-    ServerFrame::Message {
-        channel: &message.channel,
-        message: &shared.json,
-    }
-    .to_json()
 }
 
 async fn write_loop(

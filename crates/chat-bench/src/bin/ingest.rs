@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use chat_bench::proc_status_kib;
 use chat_core::channel::ChannelName;
 use chat_core::envelope::Envelope;
 use chat_core::message::{db_time, MessageId, StoredMessage};
@@ -128,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|&(partition, offset)| MessageId::derived(&topic, partition, offset))
             .collect();
         let copy = raw_copy(&db, &rows, &ids, args.batch).await;
-        db.drop_database(&services).await;
+        db.drop_database().await;
         let copy = copy?;
         report.push(("raw COPY into empty table", rate(rows.len(), copy)));
         let publish = raw_publish(&services.redis_url, &rows, args.batch).await?;
@@ -138,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
     let db = TestDatabase::create(&services).await;
     let worker = run_worker(&args, &services, &db, &topic, rows.len()).await;
     // Every run writes ~200 MB to Kafka and ~300 MB to PostgreSQL: leave nothing behind.
-    db.drop_database(&services).await;
+    db.drop_database().await;
     let dlq = format!("{topic}.dlq");
     delete_topics(&services.kafka_brokers, &[&topic, &dlq]).await;
     let (elapsed, peak_rss_kib) = worker?;
@@ -347,7 +348,7 @@ async fn run_worker(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let peak_rss = peak_rss_kib(child.0.id())?;
+    let peak_rss = proc_status_kib(child.0.id(), "VmHWM")?;
     if let Some(metrics) = fetch_metrics(port).await {
         println!("chat-worker time per step (sum over all batches and lanes):");
         for line in metrics.lines().filter(|l| {
@@ -398,15 +399,6 @@ async fn fetch_metrics(port: u16) -> Option<String> {
     let mut body = String::new();
     stream.read_to_string(&mut body).await.ok()?;
     Some(body)
-}
-
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmHWM in /proc/PID/status")
 }
 
 fn free_port() -> anyhow::Result<u16> {

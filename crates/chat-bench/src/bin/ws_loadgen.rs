@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use chat_bench::{cpu_secs, proc_status_kib};
 use clap::{Args, Parser, Subcommand};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
@@ -127,16 +128,6 @@ fn parse_named_pid(raw: &str) -> Result<(String, u32), String> {
     let (name, pid) = raw.split_once('=').ok_or("expected NAME=PID")?;
     let pid = pid.parse().map_err(|_| format!("not a PID: {pid}"))?;
     Ok((name.to_owned(), pid))
-}
-
-/// User + system CPU seconds a process has used so far (`/proc/PID/stat`, in USER_HZ = 100).
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name start with the state (field 3).
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
 }
 
 #[derive(Debug, Args)]
@@ -674,7 +665,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         .map(|i| channel_name(&common.channel_prefix, i))
         .collect();
     let started = Instant::now();
-    let mut fleet = Fleet::start(common, args.subscribers)?;
+    let fleet = Fleet::start(common, args.subscribers)?;
     println!(
         "{}: {} subscribers connected and subscribed over {} channels from {} processes in {:.1} s ({} failed)",
         common.label,
@@ -695,35 +686,20 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
                 .count() as u64
         })
         .collect();
-    let producer = producer(&args.kafka.brokers)?;
+    let mut sweep = Sweep {
+        producer: producer(&args.kafka.brokers)?,
+        fleet,
+        args: &args,
+        channels: &channels,
+        per_channel,
+        steps: 0,
+    };
     // Warm-up: one step at the lowest rate, not reported (Kafka metadata, first batches).
-    let mut step_no = 0u32;
     let warm_rate = args.rates.first().copied().unwrap_or(50.0);
-    run_step(
-        &mut fleet,
-        &producer,
-        &args,
-        &channels,
-        &per_channel,
-        step_no,
-        warm_rate,
-        1.0,
-    )
-    .await?;
+    sweep.step(warm_rate, 1.0).await?;
     let mut results = Vec::new();
     for &rate in &args.rates {
-        step_no += 1;
-        let result = run_step(
-            &mut fleet,
-            &producer,
-            &args,
-            &channels,
-            &per_channel,
-            step_no,
-            rate,
-            args.step_secs,
-        )
-        .await?;
+        let result = sweep.step(rate, args.step_secs).await?;
         result.print(&common.label, "step");
         let stop = !result.healthy();
         results.push(result);
@@ -758,18 +734,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         );
         if !args.no_half {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            step_no += 1;
-            let half = run_step(
-                &mut fleet,
-                &producer,
-                &args,
-                &channels,
-                &per_channel,
-                step_no,
-                best.rate / 2.0,
-                args.step_secs,
-            )
-            .await?;
+            let half = sweep.step(best.rate / 2.0, args.step_secs).await?;
             half.print(&common.label, "half");
         }
     } else {
@@ -778,77 +743,76 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_step(
-    fleet: &mut Fleet,
-    producer: &FutureProducer,
-    args: &FanoutArgs,
-    channels: &[String],
-    per_channel: &[u64],
-    step: u32,
-    rate: f64,
-    secs: f64,
-) -> anyhow::Result<StepResult> {
-    let start_nanos = unix_nanos();
-    let cpu_before: Vec<Option<f64>> = args
-        .cpu_pids
-        .iter()
-        .map(|(_, pid)| cpu_secs(*pid))
-        .collect();
-    let produced = produce_open_loop(producer, &args.kafka, channels, step, rate, secs).await?;
-    let expected: u64 = (0..produced)
-        .map(|i| per_channel[i as usize % channels.len()])
-        .sum();
-    let _ = producer.flush(Duration::from_secs(10));
-    tokio::time::sleep(Duration::from_secs_f64(args.grace_secs)).await;
-    let (histogram, last, closed) = fleet.report(step)?;
-    let cpu = args
-        .cpu_pids
-        .iter()
-        .zip(cpu_before)
-        .filter_map(|((name, pid), before)| Some((name.clone(), cpu_secs(*pid)? - before?)))
-        .collect();
-    if closed > 0 {
-        println!("  {closed} subscriber connections were closed by the server");
+/// What every step of a fan-out sweep shares; steps are numbered from 0 (the warm-up).
+struct Sweep<'a> {
+    fleet: Fleet,
+    producer: FutureProducer,
+    args: &'a FanoutArgs,
+    channels: &'a [String],
+    /// Subscribers per channel, as the children assign them.
+    per_channel: Vec<u64>,
+    steps: u32,
+}
+
+impl Sweep<'_> {
+    /// Produces at `rate` for `secs`, then collects what every subscriber received.
+    async fn step(&mut self, rate: f64, secs: f64) -> anyhow::Result<StepResult> {
+        let step = self.steps;
+        self.steps += 1;
+        let (args, channels, per_channel) = (self.args, self.channels, &self.per_channel);
+        let (fleet, producer) = (&mut self.fleet, &self.producer);
+        let start_nanos = unix_nanos();
+        let cpu_before: Vec<Option<f64>> = args
+            .cpu_pids
+            .iter()
+            .map(|(_, pid)| cpu_secs(*pid))
+            .collect();
+        let produced = produce_open_loop(producer, &args.kafka, channels, step, rate, secs).await?;
+        let expected: u64 = (0..produced)
+            .map(|i| per_channel[i as usize % channels.len()])
+            .sum();
+        let _ = producer.flush(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_secs_f64(args.grace_secs)).await;
+        let (histogram, last, closed) = fleet.report(step)?;
+        let cpu = args
+            .cpu_pids
+            .iter()
+            .zip(cpu_before)
+            .filter_map(|((name, pid), before)| Some((name.clone(), cpu_secs(*pid)? - before?)))
+            .collect();
+        if closed > 0 {
+            println!("  {closed} subscriber connections were closed by the server");
+        }
+        let delivered = histogram.len();
+        // Deliveries are counted up to the last receive; CPU over the whole step and its grace.
+        let window = (last.saturating_sub(start_nanos) as f64 / 1e9).max(secs);
+        let cpu_window = (unix_nanos().saturating_sub(start_nanos) as f64 / 1e9).max(secs);
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        Ok(StepResult {
+            rate,
+            produced,
+            expected,
+            delivered,
+            per_sec: delivered as f64 / window,
+            p50: ms(0.5),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: histogram.max() as f64 / 1000.0,
+            cpu,
+            window: cpu_window,
+        })
     }
-    let delivered = histogram.len();
-    // Deliveries are counted up to the last receive; CPU over the whole step and its grace.
-    let window = (last.saturating_sub(start_nanos) as f64 / 1e9).max(secs);
-    let cpu_window = (unix_nanos().saturating_sub(start_nanos) as f64 / 1e9).max(secs);
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    Ok(StepResult {
-        rate,
-        produced,
-        expected,
-        delivered,
-        per_sec: delivered as f64 / window,
-        p50: ms(0.5),
-        p99: ms(0.99),
-        p999: ms(0.999),
-        max: histogram.max() as f64 / 1000.0,
-        cpu,
-        window: cpu_window,
-    })
 }
 
 // ------------------------------------------------------------------ idle
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS in /proc/PID/status")
-}
-
 async fn idle(args: IdleArgs) -> anyhow::Result<()> {
-    let before = rss_kib(args.server_pid)?;
+    let before = proc_status_kib(args.server_pid, "VmRSS")?;
     let started = Instant::now();
     let fleet = Fleet::start(&args.common, args.connections)?;
     let opened = started.elapsed();
     tokio::time::sleep(Duration::from_secs_f64(args.settle_secs)).await;
-    let after = rss_kib(args.server_pid)?;
+    let after = proc_status_kib(args.server_pid, "VmRSS")?;
     let per = (after.saturating_sub(before)) as f64 / fleet.connected.max(1) as f64;
     println!(
         "{}: idle {} connections subscribed ({} failed) in {:.1} s; server RSS {:.1} MiB → {:.1} MiB: {:.2} KiB per connection",

@@ -56,15 +56,12 @@ impl World {
     /// Drops the test database and deletes the topics (a passing test leaves nothing behind;
     /// a failing one keeps its data for a look).
     pub async fn finish(self) {
-        let Self {
-            services,
-            db,
-            topic,
-            dlq_topic,
-            ..
-        } = self;
-        db.drop_database(&services).await;
-        kafka::delete_topics(&services.kafka_brokers, &[&topic, &dlq_topic]).await;
+        kafka::delete_topics(
+            &self.services.kafka_brokers,
+            &[&self.topic, &self.dlq_topic],
+        )
+        .await;
+        self.db.drop_database().await;
     }
 
     pub fn settings(&self) -> Settings {
