@@ -4,7 +4,8 @@
 //! - the record value is at most [`MAX_RECORD_BYTES`] bytes of JSON object;
 //! - `channel` is a valid [`ChannelName`] and equals the record key when a key is set;
 //! - `author` is 1 to [`MAX_AUTHOR_CHARS`] characters with no control characters;
-//! - `text` is 1 to [`MAX_TEXT_CHARS`] characters;
+//! - `text` is 1 to [`MAX_TEXT_CHARS`] characters, none of them U+0000 (PostgreSQL's `text` cannot
+//!   hold it, so one such record would otherwise stall every later record of its partition);
 //! - `id`, when present, is a UUID; `sent_at`, when present, is RFC 3339.
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -121,6 +122,16 @@ pub struct StoredMessage {
     pub stored_at: DateTime<Utc>,
 }
 
+impl StoredMessage {
+    /// Whether `message` is this one again (a redelivery or a retried publish): same channel,
+    /// author and text. `sent_at` does not count: a producer's retry may stamp a new time.
+    pub fn has_content_of(&self, message: &NewMessage) -> bool {
+        self.channel == message.channel
+            && self.author == message.author
+            && self.text == message.text
+    }
+}
+
 impl TryFrom<String> for ChannelName {
     type Error = crate::channel::ChannelNameError;
     fn try_from(raw: String) -> Result<Self, Self::Error> {
@@ -152,12 +163,20 @@ pub enum RejectReason {
     KeyMismatch { key: String, channel: String },
     #[error("author must be 1 to {MAX_AUTHOR_CHARS} characters without control characters")]
     InvalidAuthor,
-    #[error("text must be 1 to {MAX_TEXT_CHARS} characters")]
+    #[error("text must be 1 to {MAX_TEXT_CHARS} characters, none of them U+0000 (NUL)")]
     InvalidText,
     #[error("id is not a UUID: {0:?}")]
     InvalidId(String),
     #[error("sent_at is not an RFC 3339 timestamp: {0:?}")]
     InvalidSentAt(String),
+    /// The record passed validation, but PostgreSQL refused to store it for its content (a
+    /// data exception, an integrity violation, a program limit): retrying cannot help.
+    #[error("postgresql refused the record (sqlstate {sqlstate}): {message}")]
+    RejectedByStore { sqlstate: String, message: String },
+    /// The record's id is already stored for a message with another channel, author or text.
+    /// Reusing an id for different content is a producer error; the stored message stays.
+    #[error("id {0} is already stored with a different channel, author or text")]
+    IdConflict(MessageId),
 }
 
 impl RejectReason {
@@ -174,6 +193,8 @@ impl RejectReason {
             RejectReason::InvalidText => "invalid_text",
             RejectReason::InvalidId(_) => "invalid_id",
             RejectReason::InvalidSentAt(_) => "invalid_sent_at",
+            RejectReason::RejectedByStore { .. } => "rejected_by_store",
+            RejectReason::IdConflict(_) => "id_conflict",
         }
     }
 }
@@ -193,10 +214,12 @@ pub fn validate_author(author: &str) -> Result<(), RejectReason> {
     Ok(())
 }
 
-/// Checks a message text against the documented limits.
+/// Checks a message text against the documented limits. This is the one text rule of every
+/// edge (Kafka records, WebSocket `publish`, REST `POST`): U+0000 is refused because PostgreSQL
+/// cannot store it in a `text` column.
 pub fn validate_text(text: &str) -> Result<(), RejectReason> {
     let chars = text.chars().count();
-    if chars == 0 || chars > MAX_TEXT_CHARS {
+    if chars == 0 || chars > MAX_TEXT_CHARS || text.contains('\0') {
         return Err(RejectReason::InvalidText);
     }
     Ok(())
@@ -347,6 +370,11 @@ mod tests {
             (
                 None,
                 r#"{"channel":"c","author":"a","text":""}"#,
+                "invalid_text",
+            ),
+            (
+                None,
+                r#"{"channel":"c","author":"a","text":"a\u0000b"}"#,
                 "invalid_text",
             ),
             (

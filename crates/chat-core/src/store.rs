@@ -3,9 +3,14 @@
 //! [`Store::insert_batch`] is the only write path. In one transaction it
 //! 1. creates missing `channels` rows and locks every channel of the batch (`for update`, in name
 //!    order so two workers never deadlock),
-//! 2. looks the batch's ids up, so redelivered records are recognised as duplicates,
-//! 3. inserts the new messages with the next contiguous seqs (one multi-row `unnest` insert),
+//! 2. inserts the new messages with the next contiguous seqs (one multi-row `unnest` insert),
+//!    optimistically assuming no id is already stored: the unique `id` index is the check;
+//! 3. only when that index refuses an id, undoes the insert to a savepoint, looks the batch's ids
+//!    up and inserts again without them, so redelivered records keep their stored row and seq;
 //! 4. advances `channels.last_seq`.
+//!
+//! When PostgreSQL refuses a batch, [`Refusal::of`] tells a refusal of the content (retrying
+//! cannot help: find the record and dead-letter it) from everything else (retry).
 //!
 //! History reads are index range scans on the `(channel, seq)` primary key.
 
@@ -32,20 +37,63 @@ pub enum Outcome {
     /// Already stored (a redelivery, or a repeat of an id within the batch); this is the stored
     /// row, with its original seq.
     Duplicate(StoredMessage),
+    /// The id is already stored (or earlier in the batch) for a message with another channel,
+    /// author or text; this is that message. Nothing was stored for this record.
+    Conflict(StoredMessage),
 }
 
 impl Outcome {
     pub fn message(&self) -> &StoredMessage {
         match self {
-            Outcome::Inserted(m) | Outcome::Duplicate(m) => m,
+            Outcome::Inserted(m) | Outcome::Duplicate(m) | Outcome::Conflict(m) => m,
         }
     }
 
     pub fn into_message(self) -> StoredMessage {
         match self {
-            Outcome::Inserted(m) | Outcome::Duplicate(m) => m,
+            Outcome::Inserted(m) | Outcome::Duplicate(m) | Outcome::Conflict(m) => m,
         }
     }
+}
+
+/// PostgreSQL refused a write for its *content*: a data exception (SQLSTATE class 22), an
+/// integrity violation (class 23) other than the id dedup and the `(channel, seq)` key, or a
+/// program limit (class 54). The same rows would be refused again, so the caller isolates the
+/// offending record instead of retrying. Every other error (connection and availability,
+/// deadlocks, credentials, a missing table or privilege, anything unclassified) is not a
+/// refusal: a configuration or migration fault must be retried, never dead-letter the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The five-character SQLSTATE, e.g. `22021`.
+    pub sqlstate: String,
+    /// PostgreSQL's message.
+    pub message: String,
+}
+
+impl Refusal {
+    /// Classifies by SQLSTATE, never by message text.
+    pub fn of(err: &sqlx::Error) -> Option<Self> {
+        let sqlx::Error::Database(db) = err else {
+            return None;
+        };
+        let sqlstate = db.code()?;
+        let content = match &sqlstate[..sqlstate.len().min(2)] {
+            "22" | "54" => true,
+            "23" => !is_duplicate_id(err) && !is_broken_seq_invariant(err),
+            _ => false,
+        };
+        content.then(|| Self {
+            sqlstate: sqlstate.into_owned(),
+            message: db.message().to_owned(),
+        })
+    }
+}
+
+/// A violation of the `(channel, seq)` primary key: two writers assigned the same seq, which the
+/// channel row lock rules out. Not bad content but a broken invariant: retried, and worth an
+/// operator's attention.
+pub fn is_broken_seq_invariant(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.constraint() == Some("messages_pkey"))
 }
 
 /// Handle to the log.
@@ -240,7 +288,11 @@ impl Plan {
         let mut inserts = 0;
         for message in batch {
             if let Some(existing) = stored.get(&message.id).or_else(|| known.get(&message.id)) {
-                outcomes.push(Outcome::Duplicate(existing.clone()));
+                outcomes.push(if existing.has_content_of(message) {
+                    Outcome::Duplicate(existing.clone())
+                } else {
+                    Outcome::Conflict(existing.clone())
+                });
                 continue;
             }
             let counter = last_seq
@@ -326,7 +378,7 @@ impl<'a> Rows<'a> {
             .iter()
             .filter_map(|o| match o {
                 Outcome::Inserted(m) => Some(m),
-                Outcome::Duplicate(_) => None,
+                Outcome::Duplicate(_) | Outcome::Conflict(_) => None,
             })
             .collect();
         Self {

@@ -14,6 +14,8 @@ use crate::consumer::Record;
 pub const REASON_HEADER: &str = "dlq.reason";
 /// Header with the human-readable explanation.
 pub const DETAIL_HEADER: &str = "dlq.detail";
+/// Header with PostgreSQL's SQLSTATE, on records it refused (`rejected_by_store`).
+pub const SQLSTATE_HEADER: &str = "dlq.sqlstate";
 
 #[derive(Clone)]
 pub struct DeadLetters {
@@ -45,7 +47,7 @@ impl DeadLetters {
         let detail = reason.to_string();
         let partition = record.partition.to_string();
         let offset = record.offset.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 5);
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 6);
         for (name, value) in &record.headers {
             headers = headers.insert(Header {
                 key: name,
@@ -62,6 +64,12 @@ impl DeadLetters {
             headers = headers.insert(Header {
                 key,
                 value: Some(value),
+            });
+        }
+        if let RejectReason::RejectedByStore { sqlstate, .. } = reason {
+            headers = headers.insert(Header {
+                key: SQLSTATE_HEADER,
+                value: Some(sqlstate.as_str()),
             });
         }
         let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);

@@ -1,5 +1,12 @@
-//! What happens to one batch: validate every record, dead-letter the malformed ones, store the
-//! valid ones in one transaction, publish them to Redis in one pipeline.
+//! What happens to one batch: validate every record, store the valid ones in one transaction,
+//! dead-letter the malformed ones and those PostgreSQL refuses, publish the stored ones to Redis
+//! in one pipeline.
+//!
+//! A record can be refused twice over: at the edge (`NewMessage::from_record`), and by
+//! PostgreSQL for its content (a data exception, an integrity violation, a program limit; see
+//! `chat_core::store::Refusal`). The second is found by splitting the refused batch until the
+//! record stands alone ([`Pipeline::store_isolating`]), so one poison record never stalls its
+//! lane. A record whose producer-supplied id is stored with other content is an `id_conflict`.
 //!
 //! Each step is retried on its own with capped exponential backoff while its dependency is
 //! down, so a Redis outage after a successful insert does not repeat the insert. The batch is
@@ -21,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chat_core::backoff::Backoff;
 use chat_core::envelope::Envelope;
 use chat_core::message::{IdPrefix, NewMessage, RecordOrigin, RejectReason};
-use chat_core::store::{Outcome, Store};
+use chat_core::store::{is_broken_seq_invariant, Outcome, Refusal, Store};
 use chat_core::telemetry::{self, MessageSpan};
 use opentelemetry::trace::{SpanContext, SpanKind};
 use opentelemetry::KeyValue;
@@ -79,36 +86,12 @@ impl Pipeline {
         let started = Instant::now();
         self.metrics.records_consumed.inc_by(batch.len() as u64);
 
-        let mut valid: Vec<NewMessage> = Vec::with_capacity(batch.len());
-        let mut traceparents: Vec<Option<String>> = Vec::with_capacity(batch.len());
-        let mut rejected: Vec<(&Record, RejectReason)> = Vec::new();
-        // A lane serves a few partitions: hash each one's id prefix once per batch.
-        let mut prefixes: Vec<(&str, i32, IdPrefix)> = Vec::new();
-        for record in batch {
-            let known = prefixes.iter().find(|(topic, partition, _)| {
-                *partition == record.partition && *topic == record.topic
-            });
-            let id_prefix = match known {
-                Some(&(_, _, prefix)) => prefix,
-                None => {
-                    let prefix = IdPrefix::new(&record.topic, record.partition);
-                    prefixes.push((&record.topic, record.partition, prefix));
-                    prefix
-                }
-            };
-            let origin = RecordOrigin {
-                id_prefix,
-                offset: record.offset,
-                timestamp: record.timestamp,
-            };
-            match NewMessage::from_record(record.key.as_deref(), record.value.as_deref(), origin) {
-                Ok(message) => {
-                    valid.push(message);
-                    traceparents.push(record.header_str(TRACEPARENT_HEADER).map(str::to_owned));
-                }
-                Err(reason) => rejected.push((record, reason)),
-            }
-        }
+        let Parsed {
+            valid,
+            sources,
+            traceparents,
+            mut rejected,
+        } = parse(batch);
         if telemetry::enabled() {
             traceparents
                 .iter()
@@ -119,59 +102,60 @@ impl Pipeline {
                 .for_each(|context| telemetry::add_link(batch_span, context));
         }
 
-        if !rejected.is_empty() {
-            let step = Instant::now();
-            self.retry(cancel, || async {
-                let sends = rejected
-                    .iter()
-                    .map(|(record, reason)| self.dead_letters.send(record, reason));
-                futures::future::try_join_all(sends).await?;
-                Ok(())
-            })
-            .instrument(tracing::info_span!(
-                "chat.batch.dead_letter",
-                messaging.batch.message_count = rejected.len()
-            ))
-            .await?;
-            self.observe_step("dead_letter", step);
-            for (record, reason) in &rejected {
-                tracing::warn!(
-                    kafka.partition = record.partition,
-                    kafka.offset = record.offset,
-                    dlq.reason = reason.code(),
-                    dlq.detail = %reason,
-                    "record dead-lettered"
-                );
-                self.metrics
-                    .dead_lettered
-                    .with_label_values(&[reason.code()])
-                    .inc();
-            }
-        }
-
+        let mut stored = Vec::with_capacity(valid.len());
+        let mut stored_traceparents = Vec::with_capacity(valid.len());
+        let mut store_span = tracing::Span::none();
+        let store_started = SystemTime::now();
         if !valid.is_empty() {
             let step = Instant::now();
-            let store_started = SystemTime::now();
-            let store_span = tracing::info_span!(
+            store_span = tracing::info_span!(
                 "chat.batch.store",
                 otel.kind = "client",
                 db.system.name = "postgresql",
                 db.operation.name = "insert",
                 db.operation.batch.size = valid.len(),
             );
-            let outcomes = self
-                .retry(cancel, || async {
-                    Ok(self.store.insert_batch(&valid).await?)
-                })
+            let results = self
+                .store_isolating(&valid, cancel)
                 .instrument(store_span.clone())
                 .await?;
             self.observe_step("store", step);
-            let inserted = outcomes
+            for (((result, message), record), traceparent) in results
+                .into_iter()
+                .zip(&valid)
+                .zip(sources)
+                .zip(traceparents)
+            {
+                let reason = match result {
+                    Ok(Outcome::Conflict(existing)) => RejectReason::IdConflict(existing.id),
+                    Ok(outcome) => {
+                        stored.push(outcome);
+                        stored_traceparents.push(traceparent);
+                        continue;
+                    }
+                    Err(Refusal { sqlstate, message }) => {
+                        RejectReason::RejectedByStore { sqlstate, message }
+                    }
+                };
+                rejected.push(Rejected {
+                    record,
+                    channel: Some(message.channel.as_str()),
+                    reason,
+                });
+            }
+        }
+
+        if !rejected.is_empty() {
+            self.dead_letter(&rejected, cancel).await?;
+        }
+
+        if !stored.is_empty() {
+            let inserted = stored
                 .iter()
                 .filter(|o| matches!(o, Outcome::Inserted(_)))
                 .count();
-            let duplicates = outcomes.len() - inserted;
-            let mut envelopes = to_envelopes(outcomes, traceparents);
+            let duplicates = stored.len() - inserted;
+            let mut envelopes = to_envelopes(stored, stored_traceparents);
             let publish_span = tracing::info_span!(
                 "chat.batch.publish",
                 otel.kind = "producer",
@@ -206,6 +190,99 @@ impl Pipeline {
             duration_ms = started.elapsed().as_millis() as u64,
             "batch done"
         );
+        Ok(())
+    }
+
+    /// Stores `messages`, isolating the records PostgreSQL refuses for their content: a refused
+    /// part is split in halves, each stored on its own (first half first, so a channel's seqs
+    /// still follow the input order), until every refused record stands alone. One refused
+    /// record in a batch of n costs about 2·log2(n) extra transactions. Anything that is not a
+    /// refusal is retried with backoff where it happened; the parts already committed stay
+    /// committed, and a redelivery finds them as duplicates. Returns one result per message.
+    async fn store_isolating(
+        &self,
+        messages: &[NewMessage],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Result<Outcome, Refusal>>, Cancelled> {
+        let mut results = Vec::with_capacity(messages.len());
+        // A stack of parts still to store: the next one in input order is on top.
+        let mut pending = Vec::new();
+        pending.push(0..messages.len());
+        while let Some(range) = pending.pop() {
+            let part = &messages[range.clone()];
+            let attempt = self
+                .retry(cancel, || async {
+                    match self.store.insert_batch(part).await {
+                        Ok(outcomes) => Ok(Ok(outcomes)),
+                        Err(err) => match Refusal::of(&err) {
+                            Some(refusal) => Ok(Err(refusal)),
+                            None => {
+                                if is_broken_seq_invariant(&err) {
+                                    tracing::error!(
+                                        error = %err,
+                                        "two writers assigned the same (channel, seq); retrying"
+                                    );
+                                }
+                                Err(err.into())
+                            }
+                        },
+                    }
+                })
+                .await?;
+            match attempt {
+                Ok(outcomes) => results.extend(outcomes.into_iter().map(Ok)),
+                Err(refusal) if part.len() == 1 => results.push(Err(refusal)),
+                Err(_) => {
+                    let middle = range.start + range.len() / 2;
+                    pending.push(middle..range.end);
+                    pending.push(range.start..middle);
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Copies every rejected record to the dead-letter topic (acknowledged by the broker), then
+    /// logs and counts each once.
+    async fn dead_letter(
+        &self,
+        rejected: &[Rejected<'_>],
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let step = Instant::now();
+        self.retry(cancel, || async {
+            let sends = rejected
+                .iter()
+                .map(|r| self.dead_letters.send(r.record, &r.reason));
+            futures::future::try_join_all(sends).await?;
+            Ok(())
+        })
+        .instrument(tracing::info_span!(
+            "chat.batch.dead_letter",
+            messaging.batch.message_count = rejected.len()
+        ))
+        .await?;
+        self.observe_step("dead_letter", step);
+        for Rejected {
+            record,
+            channel,
+            reason,
+        } in rejected
+        {
+            // Never the text: the detail names the rule or PostgreSQL's message, not the content.
+            tracing::warn!(
+                channel = *channel,
+                kafka.partition = record.partition,
+                kafka.offset = record.offset,
+                dlq.reason = reason.code(),
+                dlq.detail = %reason,
+                "record dead-lettered"
+            );
+            self.metrics
+                .dead_lettered
+                .with_label_values(&[reason.code()])
+                .inc();
+        }
         Ok(())
     }
 
@@ -257,6 +334,67 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// A record that will not be stored, and why.
+struct Rejected<'a> {
+    record: &'a Record,
+    /// The channel, once the record parsed (never the text: it is not logged).
+    channel: Option<&'a str>,
+    reason: RejectReason,
+}
+
+/// A batch parsed at the edge: the valid messages (with their records and `traceparent`
+/// headers, index by index) and the rejected records.
+struct Parsed<'a> {
+    valid: Vec<NewMessage>,
+    sources: Vec<&'a Record>,
+    traceparents: Vec<Option<String>>,
+    rejected: Vec<Rejected<'a>>,
+}
+
+fn parse(batch: &[Record]) -> Parsed<'_> {
+    let mut parsed = Parsed {
+        valid: Vec::with_capacity(batch.len()),
+        sources: Vec::with_capacity(batch.len()),
+        traceparents: Vec::with_capacity(batch.len()),
+        rejected: Vec::new(),
+    };
+    // A lane serves a few partitions: hash each one's id prefix once per batch.
+    let mut prefixes: Vec<(&str, i32, IdPrefix)> = Vec::new();
+    for record in batch {
+        let known = prefixes
+            .iter()
+            .find(|(topic, partition, _)| *partition == record.partition && *topic == record.topic);
+        let id_prefix = match known {
+            Some(&(_, _, prefix)) => prefix,
+            None => {
+                let prefix = IdPrefix::new(&record.topic, record.partition);
+                prefixes.push((&record.topic, record.partition, prefix));
+                prefix
+            }
+        };
+        let origin = RecordOrigin {
+            id_prefix,
+            offset: record.offset,
+            timestamp: record.timestamp,
+        };
+        match NewMessage::from_record(record.key.as_deref(), record.value.as_deref(), origin) {
+            Ok(message) => {
+                parsed.valid.push(message);
+                parsed.sources.push(record);
+                parsed
+                    .traceparents
+                    .push(record.header_str(TRACEPARENT_HEADER).map(str::to_owned));
+            }
+            Err(reason) => parsed.rejected.push(Rejected {
+                record,
+                channel: None,
+                reason,
+            }),
+        }
+    }
+    parsed
 }
 
 /// Per-message spans, when spans are exported: for every envelope whose record carried a
@@ -322,7 +460,8 @@ fn trace_messages(
 }
 
 /// One envelope per distinct message, in batch order. A duplicate is published again with its
-/// stored seq: the attempt that stored it may have died before publishing.
+/// stored seq: the attempt that stored it may have died before publishing. `outcomes` holds no
+/// conflict (those are dead-lettered).
 /// Takes the outcomes by value so each stored message moves into its envelope, uncloned.
 fn to_envelopes(outcomes: Vec<Outcome>, traceparents: Vec<Option<String>>) -> Vec<Envelope> {
     let mut seen = HashSet::with_capacity(outcomes.len());
