@@ -100,7 +100,7 @@ struct PageBody<'a> {
 pub struct PublishRequest {
     /// 1 to 64 characters, no control characters.
     pub author: JsonString,
-    /// 1 to 4000 characters.
+    /// 1 to 4000 characters, none of them U+0000 (NUL), which PostgreSQL cannot store.
     pub text: JsonString,
 }
 
@@ -402,6 +402,8 @@ const CHANNEL_PATTERN: &str = "^[#A-Za-z0-9_.:-]*[A-Za-z0-9][#A-Za-z0-9_.:-]*$";
 /// No control character (`char::is_control`: Unicode category Cc). The `\uXXXX` escapes mean the
 /// same in ECMA-262, Python and Rust regular expressions.
 const NO_CONTROL_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+/// No U+0000 (`chat_core::message::validate_text`), same escape rules.
+const NO_NUL_PATTERN: &str = "^[^\\u0000]*$";
 
 /// Adds to the generated OpenAPI document the input constraints that the handlers enforce
 /// themselves (so that a violation keeps its stable error code rather than poem-openapi's
@@ -451,7 +453,7 @@ pub fn document_constraints(spec: &mut Value, max_limit: i64) {
     );
     extend(
         &format!("{request}/text"),
-        json!({"minLength": 1, "maxLength": MAX_TEXT_CHARS}),
+        json!({"minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": NO_NUL_PATTERN}),
     );
     // The parameters are addressed by position; make sure each is the one meant.
     for (index, name) in ["channel", "limit", "before", "after"].iter().enumerate() {

@@ -362,6 +362,10 @@ mod tests {
             ErrorCode::InvalidMessage
         );
         assert_eq!(
+            code(r#"{"command":"publish","channel":"c","author":"a","text":"a\u0000b"}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
             code(r#"{"command":"publish","channel":"c","author":"a"}"#),
             ErrorCode::MissingField
         );

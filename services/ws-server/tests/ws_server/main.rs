@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod delivery;
+mod poison;
 mod rest;
 mod subscribe;
 mod support;
