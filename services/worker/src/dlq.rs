@@ -8,7 +8,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use crate::consumer::Record;
+use crate::record::Record;
 
 /// Header with the stable reason code (`not_json`, `invalid_channel`, …).
 pub const REASON_HEADER: &str = "dlq.reason";

@@ -1,7 +1,7 @@
 //! `/healthz` (liveness: the process answers), `/readyz` (Kafka, PostgreSQL and Redis reachable,
 //! no dependency failing the pipeline, not draining) and `/metrics` (Prometheus text).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,25 +15,9 @@ use serde_json::json;
 use crate::consumer::WorkerConsumer;
 use crate::fanout::Publisher;
 use crate::metrics::Metrics;
+use crate::readiness::Health;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Flags the pipeline and the shutdown path set, read by `/readyz`.
-#[derive(Debug)]
-pub struct Health {
-    pub draining: AtomicBool,
-    /// False while a batch step is being retried because a dependency failed.
-    pub dependencies_ok: AtomicBool,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Self {
-            draining: AtomicBool::new(false),
-            dependencies_ok: AtomicBool::new(true),
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct Probes {

@@ -35,12 +35,12 @@ use opentelemetry::KeyValue;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::consumer::Record;
 use crate::dlq::DeadLetters;
 use crate::error::Retryable;
 use crate::fanout::Publisher;
-use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::readiness::Health;
+use crate::record::Record;
 
 /// Header carrying the W3C trace context of a record.
 pub const TRACEPARENT_HEADER: &str = "traceparent";

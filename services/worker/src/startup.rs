@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::{self, WorkerConsumer};
 use crate::dlq::DeadLetters;
 use crate::fanout::Publisher;
-use crate::health::{self, Health, Probes};
+use crate::health::{self, Probes};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::readiness::Health;
 use crate::settings::Settings;
 
 /// Applies pending migrations (the `migrate` subcommand).
