@@ -2,14 +2,17 @@
 //!
 //! The worker publishes every stored message on the Redis channel `<prefix><channel>`
 //! (default prefix `chat:msg:`). The payload is the stored message JSON of the wire contract,
-//! plus an optional `traceparent` field carrying the W3C trace context of the record that
-//! produced it, so the ws-server can link its delivery span to the producer's trace.
+//! plus optional `traceparent` and `tracestate` fields carrying the W3C trace context of the
+//! record that produced it, so the ws-server can link its delivery span to the producer's trace.
 
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
+use opentelemetry::trace::SpanContext;
+
 use crate::channel::ChannelName;
 use crate::message::StoredMessage;
+use crate::telemetry::TraceHeaders;
 
 /// Default prefix of the Redis pub/sub channels.
 pub const DEFAULT_REDIS_PREFIX: &str = "chat:msg:";
@@ -21,6 +24,8 @@ pub struct Envelope {
     pub message: StoredMessage,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// Written by hand rather than with `#[serde(flatten)]`, which goes through a map serializer and
@@ -28,7 +33,8 @@ pub struct Envelope {
 impl Serialize for Envelope {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let m = &self.message;
-        let fields = 7 + usize::from(self.traceparent.is_some());
+        let fields =
+            7 + usize::from(self.traceparent.is_some()) + usize::from(self.tracestate.is_some());
         let mut out = serializer.serialize_struct("Envelope", fields)?;
         out.serialize_field("channel", &m.channel)?;
         out.serialize_field("seq", &m.seq)?;
@@ -40,11 +46,44 @@ impl Serialize for Envelope {
         if let Some(traceparent) = &self.traceparent {
             out.serialize_field("traceparent", traceparent)?;
         }
+        if let Some(tracestate) = &self.tracestate {
+            out.serialize_field("tracestate", tracestate)?;
+        }
         out.end()
     }
 }
 
 impl Envelope {
+    /// An envelope carrying `message` and, when there is one, the trace context it belongs to.
+    pub fn new(message: StoredMessage, trace: Option<&SpanContext>) -> Self {
+        let TraceHeaders {
+            traceparent,
+            tracestate,
+        } = trace.map(TraceHeaders::of).unwrap_or_default();
+        Self {
+            message,
+            traceparent,
+            tracestate,
+        }
+    }
+
+    /// The trace context the envelope carries, if any is valid.
+    pub fn span_context(&self) -> Option<SpanContext> {
+        self.traceparent.as_ref()?;
+        TraceHeaders {
+            traceparent: self.traceparent.clone(),
+            tracestate: self.tracestate.clone(),
+        }
+        .span_context()
+    }
+
+    /// Makes the envelope carry `context` (the span that published it).
+    pub fn set_span_context(&mut self, context: &SpanContext) {
+        let headers = TraceHeaders::of(context);
+        self.traceparent = headers.traceparent;
+        self.tracestate = headers.tracestate;
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an envelope always serializes")
     }
@@ -65,7 +104,7 @@ mod tests {
     use crate::message::{db_time, MessageId};
 
     #[test]
-    fn envelope_is_the_stored_message_json_plus_traceparent() {
+    fn envelope_is_the_stored_message_json_plus_trace_context() {
         let now = db_time(chrono::Utc::now());
         let message = StoredMessage {
             channel: ChannelName::parse("#kerno-challenge").unwrap(),
@@ -76,18 +115,21 @@ mod tests {
             sent_at: now,
             stored_at: now,
         };
-        let envelope = Envelope {
-            message: message.clone(),
+        let trace = TraceHeaders {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-        };
+            tracestate: Some("vendor=abc".into()),
+        }
+        .span_context()
+        .unwrap();
+        let envelope = Envelope::new(message.clone(), Some(&trace));
         let bytes = envelope.encode();
         let as_message: StoredMessage = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(as_message, message);
-        assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
-        let plain = Envelope {
-            message: message.clone(),
-            traceparent: None,
-        };
+        let decoded = Envelope::decode(&bytes).unwrap();
+        assert_eq!(decoded, envelope);
+        assert_eq!(decoded.span_context(), Some(trace));
+        assert_eq!(decoded.tracestate.as_deref(), Some("vendor=abc"));
+        let plain = Envelope::new(message.clone(), None);
         assert_eq!(plain.encode(), serde_json::to_vec(&message).unwrap());
         assert_eq!(
             redis_channel(DEFAULT_REDIS_PREFIX, &message.channel),

@@ -10,23 +10,33 @@
 //! `0.01`; default `parentbased_always_on`), `OTEL_BSP_*` for the batch processor and
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_HEADERS`. Without an endpoint no
 //! exporter, processor or OpenTelemetry layer exists: spans are plain `tracing` spans and the
-//! per-message helpers below return `None` at once. Trace context travels as W3C `traceparent`.
+//! per-message helpers below return `None` at once. Trace context travels as W3C
+//! `traceparent` and `tracestate` ([`TraceHeaders`]).
 
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
-    Link, Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
+    Link, Span as _, SpanContext, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
+
+/// Header (Kafka, HTTP) and envelope field carrying the W3C trace context.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// Header and envelope field carrying the vendors' W3C trace state.
+pub const TRACESTATE_HEADER: &str = "tracestate";
 
 /// Most links a span gets (a batch span links the records it carries, up to this many).
 pub const MAX_LINKS: usize = 128;
@@ -92,17 +102,7 @@ impl Drop for Telemetry {
 /// Safe to call more than once (later calls install nothing and return an inert guard).
 pub fn init(service: &str, format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = match format {
-        LogFormat::Json => fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .boxed(),
-        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
-    }
-    .with_filter(filter);
+    let logs = log_layer(format, std::io::stderr).with_filter(filter);
 
     let provider = otlp_endpoint_configured()
         .then(|| build_provider(service))
@@ -136,9 +136,7 @@ pub fn init(service: &str, format: LogFormat) -> Telemetry {
     let Some(provider) = provider else {
         return Telemetry::default();
     };
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
     let _ = TRACER.set(provider.tracer("chat"));
     tracing::info!(
@@ -147,6 +145,65 @@ pub fn init(service: &str, format: LogFormat) -> Telemetry {
     );
     Telemetry {
         provider: Some(provider),
+    }
+}
+
+/// The log layer: JSON lines (each with `trace_id` and `span_id` when it is written inside a
+/// span that has an OpenTelemetry context, so logs join traces), or text.
+fn log_layer<S, W>(format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Json => fmt::layer()
+            .event_format(JsonWithTraceIds(
+                fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
+            ))
+            .fmt_fields(JsonFields::new())
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => fmt::layer().with_writer(writer).boxed(),
+    }
+}
+
+/// tracing-subscriber's JSON line, plus the `trace_id` and `span_id` of the OpenTelemetry
+/// context active on this thread (tracing-opentelemetry activates a span's context while the
+/// span is entered), spliced in before the closing brace.
+struct JsonWithTraceIds(fmt::format::Format<fmt::format::Json>);
+
+impl<S, N> FormatEvent<S, N> for JsonWithTraceIds
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let context = Context::current();
+        let span = context.span();
+        let ids = span.span_context();
+        if !ids.is_valid() {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let Some(body) = line.trim_end().strip_suffix('}') else {
+            return writer.write_str(&line);
+        };
+        writeln!(
+            writer,
+            r#"{body},"trace_id":"{}","span_id":"{}"}}"#,
+            ids.trace_id(),
+            ids.span_id()
+        )
     }
 }
 
@@ -191,53 +248,89 @@ pub fn enabled() -> bool {
     TRACER.get().is_some()
 }
 
-/// Parses a W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`) into a
-/// remote span context. `None` for anything malformed or all-zero.
+/// W3C trace context as it travels in Kafka headers, HTTP headers and Redis envelopes:
+/// `traceparent` and, when the caller's vendors set one, `tracestate`. Read and written by
+/// OpenTelemetry's W3C propagator ([`TraceContextPropagator`]), so `tracestate` is carried
+/// through rather than dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceHeaders {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+impl TraceHeaders {
+    /// Reads the two headers through `get` (header name to value).
+    pub fn from_lookup<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Self {
+        Self {
+            traceparent: get(TRACEPARENT_HEADER).map(str::to_owned),
+            tracestate: get(TRACESTATE_HEADER).map(str::to_owned),
+        }
+    }
+
+    /// The headers describing `context`.
+    pub fn of(context: &SpanContext) -> Self {
+        let mut headers = Self::default();
+        let context = Context::new().with_remote_span_context(context.clone());
+        TraceContextPropagator::new().inject_context(&context, &mut headers);
+        headers
+    }
+
+    /// The remote span context the headers describe; `None` when `traceparent` is absent,
+    /// malformed or all-zero.
+    pub fn span_context(&self) -> Option<SpanContext> {
+        self.traceparent.as_ref()?;
+        let context = TraceContextPropagator::new().extract(self);
+        let span_context = context.span().span_context().clone();
+        span_context.is_valid().then_some(span_context)
+    }
+
+    /// The header pairs that are set, for writing into a record or a request.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            (TRACEPARENT_HEADER, self.traceparent.as_deref()),
+            (TRACESTATE_HEADER, self.tracestate.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+    }
+}
+
+impl Extractor for TraceHeaders {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            TRACEPARENT_HEADER => self.traceparent.as_deref(),
+            TRACESTATE_HEADER => self.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.pairs().map(|(name, _)| name).collect()
+    }
+}
+
+impl Injector for TraceHeaders {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            TRACEPARENT_HEADER => self.traceparent = Some(value),
+            TRACESTATE_HEADER => self.tracestate = Some(value).filter(|v| !v.is_empty()),
+            _ => {}
+        }
+    }
+}
+
+/// Parses a W3C `traceparent` alone into a remote span context (see [`TraceHeaders`]).
 pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
-    let mut parts = value.trim().split('-');
-    let version = parts.next()?;
-    let trace_id = parts.next()?;
-    let span_id = parts.next()?;
-    let flags = parts.next()?;
-    let well_formed = version.len() == 2
-        && version != "ff"
-        && trace_id.len() == 32
-        && span_id.len() == 16
-        && flags.len() == 2
-        && (version != "00" || parts.next().is_none());
-    if !well_formed {
-        return None;
+    TraceHeaders {
+        traceparent: Some(value.to_owned()),
+        tracestate: None,
     }
-    let hex = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    if !(hex(version) && hex(trace_id) && hex(span_id) && hex(flags)) {
-        return None;
-    }
-    let context = SpanContext::new(
-        TraceId::from_hex(trace_id).ok()?,
-        SpanId::from_hex(span_id).ok()?,
-        TraceFlags::new(u8::from_str_radix(flags, 16).ok()? & TraceFlags::SAMPLED.to_u8()),
-        true,
-        TraceState::NONE,
-    );
-    context.is_valid().then_some(context)
+    .span_context()
 }
 
-/// The W3C `traceparent` of a span context.
-pub fn format_traceparent(context: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        context.trace_id(),
-        context.span_id(),
-        context.trace_flags().to_u8()
-    )
-}
-
-/// The `traceparent` of the current `tracing` span, when spans are exported.
-pub fn current_traceparent() -> Option<String> {
-    current_span_context().map(|context| format_traceparent(&context))
+/// The trace headers of the current `tracing` span, when spans are exported.
+pub fn current_trace_headers() -> Option<TraceHeaders> {
+    current_span_context().map(|context| TraceHeaders::of(&context))
 }
 
 /// The span context of the current `tracing` span, when spans are exported and it is valid.
@@ -263,13 +356,13 @@ pub fn add_link(span: &tracing::Span, context: SpanContext) {
     }
 }
 
-/// Makes the remote context in `traceparent` the parent of `span` (an incoming request or a
+/// Makes the remote context in `headers` the parent of `span` (an incoming request or a
 /// consumed message continues the caller's trace). Does nothing when spans are not exported.
-pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
+pub fn set_remote_parent(span: &tracing::Span, headers: &TraceHeaders) {
     if !enabled() {
         return;
     }
-    if let Some(parent) = traceparent.and_then(parse_traceparent) {
+    if let Some(parent) = headers.span_context() {
         let _ = span.set_parent(Context::new().with_remote_span_context(parent));
     }
 }
@@ -350,11 +443,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn traceparent_round_trips_and_rejects_garbage() {
+    fn trace_headers_round_trip_with_their_state_and_reject_garbage() {
         let value = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let context = parse_traceparent(value).unwrap();
         assert!(context.is_sampled() && context.is_remote());
-        assert_eq!(format_traceparent(&context), value);
+        assert_eq!(
+            TraceHeaders::of(&context).traceparent.as_deref(),
+            Some(value)
+        );
+        assert_eq!(TraceHeaders::of(&context).tracestate, None);
+        let headers = TraceHeaders {
+            traceparent: Some(value.into()),
+            tracestate: Some("vendor=abc,other=1".into()),
+        };
+        let with_state = headers.span_context().unwrap();
+        assert_eq!(with_state.trace_state().get("vendor"), Some("abc"));
+        assert_eq!(
+            TraceHeaders::of(&with_state),
+            headers,
+            "tracestate travels on"
+        );
+        assert_eq!(
+            headers.pairs().collect::<Vec<_>>(),
+            [("traceparent", value), ("tracestate", "vendor=abc,other=1")]
+        );
+        assert_eq!(TraceHeaders::default().span_context(), None);
         let unsampled =
             parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00");
         assert!(!unsampled.unwrap().is_sampled());
@@ -374,7 +487,7 @@ mod tests {
     #[test]
     fn without_an_endpoint_nothing_is_traced() {
         assert!(!enabled());
-        assert!(current_traceparent().is_none());
+        assert!(current_trace_headers().is_none());
         let parent = parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         let span = MessageSpan::start(
             "x",
@@ -385,6 +498,55 @@ mod tests {
             Vec::new(),
         );
         assert!(span.is_none());
+    }
+
+    /// Collects what the log layer writes.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_log_lines_inside_a_traced_span_carry_its_trace_and_span_ids() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(log_layer(LogFormat::Json, move || writer.clone()))
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let span_ids = tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(outside = true, "no span");
+            let span = tracing::info_span!("work");
+            let _entered = span.enter();
+            tracing::info!(channel = "#c", "inside");
+            let context = span.context();
+            let ids = context.span().span_context().clone();
+            (ids.trace_id().to_string(), ids.span_id().to_string())
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect(line))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["message"], "no span");
+        assert!(lines[0].get("trace_id").is_none(), "{text}");
+        assert_eq!(lines[1]["message"], "inside");
+        assert_eq!(lines[1]["channel"], "#c");
+        assert_eq!(lines[1]["trace_id"], span_ids.0.as_str(), "{text}");
+        assert_eq!(lines[1]["span_id"], span_ids.1.as_str(), "{text}");
+        assert_ne!(
+            span_ids.0,
+            opentelemetry::trace::TraceId::INVALID.to_string()
+        );
     }
 
     #[test]

@@ -42,9 +42,6 @@ use crate::metrics::Metrics;
 use crate::readiness::Health;
 use crate::record::Record;
 
-/// Header carrying the W3C trace context of a record.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
-
 /// The batch was abandoned because shutdown was requested while a dependency was down.
 #[derive(Debug)]
 pub struct Cancelled;
@@ -89,21 +86,20 @@ impl Pipeline {
         let Parsed {
             valid,
             sources,
-            traceparents,
+            traces,
             mut rejected,
         } = parse(batch);
         if telemetry::enabled() {
-            traceparents
+            traces
                 .iter()
                 .flatten()
-                .filter_map(|value| telemetry::parse_traceparent(value))
-                .filter(SpanContext::is_sampled)
+                .filter(|context| context.is_sampled())
                 .take(telemetry::MAX_LINKS)
-                .for_each(|context| telemetry::add_link(batch_span, context));
+                .for_each(|context| telemetry::add_link(batch_span, context.clone()));
         }
 
         let mut stored = Vec::with_capacity(valid.len());
-        let mut stored_traceparents = Vec::with_capacity(valid.len());
+        let mut stored_traces = Vec::with_capacity(valid.len());
         let mut store_span = tracing::Span::none();
         let store_started = SystemTime::now();
         if !valid.is_empty() {
@@ -120,17 +116,14 @@ impl Pipeline {
                 .instrument(store_span.clone())
                 .await?;
             self.observe_step("store", step);
-            for (((result, message), record), traceparent) in results
-                .into_iter()
-                .zip(&valid)
-                .zip(sources)
-                .zip(traceparents)
+            for (((result, message), record), trace) in
+                results.into_iter().zip(&valid).zip(sources).zip(traces)
             {
                 let reason = match result {
                     Ok(Outcome::Conflict(existing)) => RejectReason::IdConflict(existing.id),
                     Ok(outcome) => {
                         stored.push(outcome);
-                        stored_traceparents.push(traceparent);
+                        stored_traces.push(trace);
                         continue;
                     }
                     Err(Refusal { sqlstate, message }) => {
@@ -155,7 +148,7 @@ impl Pipeline {
                 .filter(|o| matches!(o, Outcome::Inserted(_)))
                 .count();
             let duplicates = stored.len() - inserted;
-            let mut envelopes = to_envelopes(stored, stored_traceparents);
+            let mut envelopes = to_envelopes(stored, stored_traces);
             let publish_span = tracing::info_span!(
                 "chat.batch.publish",
                 otel.kind = "producer",
@@ -344,12 +337,12 @@ struct Rejected<'a> {
     reason: RejectReason,
 }
 
-/// A batch parsed at the edge: the valid messages (with their records and `traceparent`
-/// headers, index by index) and the rejected records.
+/// A batch parsed at the edge: the valid messages (with their records and the trace contexts
+/// of their `traceparent` / `tracestate` headers, index by index) and the rejected records.
 struct Parsed<'a> {
     valid: Vec<NewMessage>,
     sources: Vec<&'a Record>,
-    traceparents: Vec<Option<String>>,
+    traces: Vec<Option<SpanContext>>,
     rejected: Vec<Rejected<'a>>,
 }
 
@@ -357,7 +350,7 @@ fn parse(batch: &[Record]) -> Parsed<'_> {
     let mut parsed = Parsed {
         valid: Vec::with_capacity(batch.len()),
         sources: Vec::with_capacity(batch.len()),
-        traceparents: Vec::with_capacity(batch.len()),
+        traces: Vec::with_capacity(batch.len()),
         rejected: Vec::new(),
     };
     // A lane serves a few partitions: hash each one's id prefix once per batch.
@@ -383,9 +376,7 @@ fn parse(batch: &[Record]) -> Parsed<'_> {
             Ok(message) => {
                 parsed.valid.push(message);
                 parsed.sources.push(record);
-                parsed
-                    .traceparents
-                    .push(record.header_str(TRACEPARENT_HEADER).map(str::to_owned));
+                parsed.traces.push(record.span_context());
             }
             Err(reason) => parsed.rejected.push(Rejected {
                 record,
@@ -417,11 +408,7 @@ fn trace_messages(
         telemetry::span_context(publish_span).into_iter().collect();
     let mut spans = Vec::new();
     for envelope in envelopes {
-        let Some(parent) = envelope
-            .traceparent
-            .as_deref()
-            .and_then(telemetry::parse_traceparent)
-        else {
+        let Some(parent) = envelope.span_context() else {
             continue;
         };
         let message = &envelope.message;
@@ -453,7 +440,7 @@ fn trace_messages(
         ) else {
             continue;
         };
-        envelope.traceparent = Some(telemetry::format_traceparent(publish.span_context()));
+        envelope.set_span_context(publish.span_context());
         spans.push(publish);
     }
     spans
@@ -463,15 +450,12 @@ fn trace_messages(
 /// stored seq: the attempt that stored it may have died before publishing. `outcomes` holds no
 /// conflict (those are dead-lettered).
 /// Takes the outcomes by value so each stored message moves into its envelope, uncloned.
-fn to_envelopes(outcomes: Vec<Outcome>, traceparents: Vec<Option<String>>) -> Vec<Envelope> {
+fn to_envelopes(outcomes: Vec<Outcome>, traces: Vec<Option<SpanContext>>) -> Vec<Envelope> {
     let mut seen = HashSet::with_capacity(outcomes.len());
     outcomes
         .into_iter()
-        .zip(traceparents)
+        .zip(traces)
         .filter(|(outcome, _)| seen.insert(outcome.message().id))
-        .map(|(outcome, traceparent)| Envelope {
-            message: outcome.into_message(),
-            traceparent,
-        })
+        .map(|(outcome, trace)| Envelope::new(outcome.into_message(), trace.as_ref()))
         .collect()
 }

@@ -1,7 +1,9 @@
 //! An owned copy of a consumed Kafka record: what the consumer hands to the pipeline and the
 //! pipeline hands to the dead-letter producer.
 
+use chat_core::telemetry::TraceHeaders;
 use chrono::{DateTime, Utc};
+use opentelemetry::trace::SpanContext;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 /// An owned copy of a consumed record.
@@ -48,5 +50,11 @@ impl Record {
             .find(|(key, _)| key == name)
             .and_then(|(_, value)| value.as_deref())
             .and_then(|value| std::str::from_utf8(value).ok())
+    }
+
+    /// The W3C trace context the producer sent in the `traceparent` / `tracestate` headers.
+    pub fn span_context(&self) -> Option<SpanContext> {
+        self.header_str(chat_core::telemetry::TRACEPARENT_HEADER)?;
+        TraceHeaders::from_lookup(|name| self.header_str(name)).span_context()
     }
 }

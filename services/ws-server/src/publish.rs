@@ -97,11 +97,16 @@ impl KafkaPublisher {
         let mut record = FutureRecord::to(&self.topic)
             .key(publication.channel.as_str())
             .payload(&value);
-        if let Some(traceparent) = telemetry::current_traceparent() {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: "traceparent",
-                value: Some(traceparent.as_str()),
-            }));
+        if let Some(trace) = telemetry::current_trace_headers() {
+            let headers = trace
+                .pairs()
+                .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                    headers.insert(Header {
+                        key,
+                        value: Some(value),
+                    })
+                });
+            record = record.headers(headers);
         }
         self.producer
             .send(record, DELIVERY_TIMEOUT)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chat_core::store::Store;
-use chat_core::telemetry::redact_url;
+use chat_core::telemetry::{redact_url, TraceHeaders};
 use poem::http::{header, HeaderValue, StatusCode};
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::web::websocket::{WebSocket, WebSocketConfig};
@@ -306,7 +306,7 @@ async fn observe<E: Endpoint>(
 }
 
 /// A server span per API request (`GET /channels/{channel}/messages`, …), continuing the
-/// caller's trace when the request carries a `traceparent` header. Probes, metrics, docs and the
+/// caller's trace when the request carries `traceparent` (and `tracestate`) headers. Probes, metrics, docs and the
 /// page get none: they would only flood the traces.
 fn http_span(request: &Request, route: &'static str) -> tracing::Span {
     if matches!(
@@ -326,11 +326,13 @@ fn http_span(request: &Request, route: &'static str) -> tracing::Span {
         http.route = route,
         http.response.status_code = tracing::field::Empty,
     );
-    let traceparent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok());
-    chat_core::telemetry::set_remote_parent(&span, traceparent);
+    let headers = TraceHeaders::from_lookup(|name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    });
+    chat_core::telemetry::set_remote_parent(&span, &headers);
     span
 }
 

@@ -268,8 +268,8 @@ async fn raw_publish(redis_url: &str, rows: &[Row], batch: usize) -> anyhow::Res
     for chunk in rows.chunks(batch) {
         let mut pipe = redis::pipe();
         for (i, row) in chunk.iter().enumerate() {
-            let envelope = Envelope {
-                message: StoredMessage {
+            let envelope = Envelope::new(
+                StoredMessage {
                     channel: ChannelName::parse(&row.channel)?,
                     seq: i as i64 + 1,
                     id: MessageId::new_random(),
@@ -278,8 +278,8 @@ async fn raw_publish(redis_url: &str, rows: &[Row], batch: usize) -> anyhow::Res
                     sent_at: now,
                     stored_at: now,
                 },
-                traceparent: None,
-            };
+                None,
+            );
             pipe.cmd("PUBLISH")
                 .arg(format!("{prefix}{}", row.channel))
                 .arg(envelope.encode())

@@ -135,10 +135,7 @@ async fn a_live_seq_jump_is_preceded_by_the_skipped_message_read_from_postgresql
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let envelope = Envelope {
-        message: third,
-        traceparent: None,
-    };
+    let envelope = Envelope::new(third, None);
     let _: i64 = redis::cmd("PUBLISH")
         .arg(redis_channel(&stack.iso.redis_prefix, &channel))
         .arg(envelope.encode())
