@@ -2,8 +2,8 @@
 //! its own PostgreSQL database, its own Kafka topics and consumer group, its own Redis prefix.
 //!
 //! - [`Services`]: where the real services are (`DATABASE_URL`, `REDIS_URL`, `KAFKA_BROKERS`).
-//! - [`TestDatabase`]: a fresh, migrated database, dropped by nobody (names are unique; the
-//!   test command's services live in an ignored data folder).
+//! - [`TestDatabase`]: a fresh, migrated database with a unique name; a test drops it with
+//!   [`TestDatabase::drop_database`] when it passes, and a failing test leaves it for a look.
 //! - [`kafka`]: topic creation, producing, committed offsets.
 //! - [`redis_tap`]: a pattern subscriber collecting every envelope under a prefix.
 //! - [`chaos`]: a TCP proxy that can cut a dependency and bring it back.
