@@ -1,46 +1,53 @@
-//! Capped exponential backoff with jitter, for retrying a dependency that is down.
+//! Capped exponential backoff with jitter, for retrying a dependency that is down: `backon`'s
+//! exponential backoff, with the attempt count and reset the retry loops need.
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
 /// Backoff state: call [`Backoff::next_delay`] after each failure, [`Backoff::reset`] after a
 /// success.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Backoff {
-    initial: Duration,
+    builder: ExponentialBuilder,
+    delays: ExponentialBackoff,
     max: Duration,
-    attempt: u32,
+    attempts: u32,
 }
 
 impl Backoff {
+    /// Delays start just below `initial`, double after each failure and never exceed `max`.
+    /// backon's jitter adds up to 100 % to a delay, so the exponential runs from `initial / 2`
+    /// to `max / 2`: replicas retrying a recovering dependency do not do so in lockstep.
     pub fn new(initial: Duration, max: Duration) -> Self {
+        let builder = ExponentialBuilder::new()
+            .with_min_delay(initial / 2)
+            .with_max_delay(max / 2)
+            .with_jitter()
+            .without_max_times();
         Self {
-            initial,
+            builder,
+            delays: builder.build(),
             max,
-            attempt: 0,
+            attempts: 0,
         }
     }
 
     /// Number of failures since the last reset.
     pub fn attempts(&self) -> u32 {
-        self.attempt
+        self.attempts
     }
 
-    /// The delay before the next try: `initial * 2^attempt`, capped at `max`, minus up to 25 %
-    /// jitter so that many replicas do not hammer a recovering dependency in lockstep.
+    /// The delay before the next try.
     pub fn next_delay(&mut self) -> Duration {
-        let exp = self.attempt.min(20);
-        self.attempt = self.attempt.saturating_add(1);
-        let base = self.initial.saturating_mul(1u32 << exp).min(self.max);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let jitter = base.mul_f64(f64::from(nanos % 250) / 1000.0);
-        base - jitter
+        self.attempts = self.attempts.saturating_add(1);
+        // Without a limit on tries the iterator never ends.
+        self.delays.next().unwrap_or(self.max)
     }
 
     pub fn reset(&mut self) {
-        self.attempt = 0;
+        self.attempts = 0;
+        self.delays = self.builder.build();
     }
 }
 
@@ -51,13 +58,23 @@ mod tests {
     #[test]
     fn grows_then_caps_and_resets() {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let delays: Vec<_> = (0..8).map(|_| backoff.next_delay()).collect();
-        assert!(delays[0] <= Duration::from_millis(100) && delays[0] >= Duration::from_millis(75));
-        assert!(delays[3] >= Duration::from_millis(600));
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
-        assert!(delays[7] >= Duration::from_millis(1500));
-        assert_eq!(backoff.attempts(), 8);
+        let delays: Vec<_> = (0..10).map(|_| backoff.next_delay()).collect();
+        assert!(
+            delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100),
+            "{delays:?}"
+        );
+        assert!(delays[3] >= Duration::from_millis(400), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(2)),
+            "{delays:?}"
+        );
+        assert!(
+            delays[9] >= Duration::from_secs(1),
+            "capped at max / 2 plus jitter"
+        );
+        assert_eq!(backoff.attempts(), 10);
         backoff.reset();
+        assert_eq!(backoff.attempts(), 0);
         assert!(backoff.next_delay() <= Duration::from_millis(100));
     }
 }
