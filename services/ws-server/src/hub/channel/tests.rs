@@ -1,8 +1,10 @@
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
+
 use super::*;
 use crate::hub::testing::{delivery, outbox, page, queued, seqs, stored};
-use crate::outbox::CLOSE_SLOW_CONSUMER;
+use crate::outbox::{Closer, Frame, CLOSE_SLOW_CONSUMER};
 
 const BUFFER: usize = 100;
 
@@ -11,6 +13,15 @@ fn confirmed(cache: usize) -> Channel {
     let mut channel = Channel::new(1, BUFFER, cache);
     channel.confirmed();
     channel
+}
+
+/// Registers subscriber `id` with a queue of `capacity` frames; returns the session's end of the
+/// queue and its closer.
+fn join(channel: &mut Channel, id: u64, capacity: usize) -> (mpsc::Receiver<Frame>, Closer) {
+    let (outbox, queue) = outbox(capacity);
+    let closer = outbox.closer.clone();
+    channel.join(id, outbox, None);
+    (queue, closer)
 }
 
 fn receive(channel: &mut Channel, seqs: std::ops::RangeInclusive<i64>) -> Tally {
@@ -30,8 +41,7 @@ fn cached_seqs(channel: &Channel, limit: usize) -> Option<(Vec<i64>, i64)> {
 #[test]
 fn a_live_subscriber_gets_each_message_once_in_order() {
     let mut channel = confirmed(10);
-    let (outbox, mut queue) = outbox(10);
-    channel.join(1, outbox, None);
+    let (mut queue, _) = join(&mut channel, 1, 10);
     assert_eq!(channel.go_live(1, 0, &[]).0, GoLive::Live);
     assert_eq!(receive(&mut channel, 1..=2).delivered, 2);
     let (received, tally) = channel.receive(delivery(2));
@@ -70,8 +80,7 @@ fn a_buffering_subscriber_gets_only_messages_above_its_history_at_go_live() {
 fn a_live_subscriber_skips_what_its_history_already_had() {
     let mut channel = confirmed(10);
     receive(&mut channel, 1..=1);
-    let (outbox, mut queue) = outbox(10);
-    channel.join(1, outbox, None);
+    let (mut queue, _) = join(&mut channel, 1, 10);
     // The session read up to 3 from PostgreSQL before 2 and 3 arrived live.
     assert_eq!(channel.go_live(1, 3, &[]).0, GoLive::Live);
     receive(&mut channel, 2..=4);
@@ -81,8 +90,7 @@ fn a_live_subscriber_skips_what_its_history_already_had() {
 #[test]
 fn a_hole_between_history_and_buffer_means_catch_up() {
     let mut channel = confirmed(10);
-    let (outbox, mut queue) = outbox(10);
-    channel.join(1, outbox, None);
+    let (mut queue, _) = join(&mut channel, 1, 10);
     receive(&mut channel, 5..=5);
     assert_eq!(channel.go_live(1, 2, &[]).0, GoLive::CatchUp);
     // The session read 3 and 4 from PostgreSQL meanwhile.
@@ -93,8 +101,7 @@ fn a_hole_between_history_and_buffer_means_catch_up() {
 #[test]
 fn an_overflowing_buffer_means_catch_up() {
     let mut channel = Channel::new(1, 2, 10);
-    let (outbox, mut queue) = outbox(10);
-    channel.join(1, outbox, None);
+    let (mut queue, _) = join(&mut channel, 1, 10);
     receive(&mut channel, 1..=3);
     assert_eq!(channel.go_live(1, 0, &[]).0, GoLive::CatchUp);
     receive(&mut channel, 4..=4);
@@ -121,8 +128,7 @@ fn delivery_appends_to_the_cache_contiguously() {
 #[test]
 fn a_gap_is_repaired_before_later_messages_are_delivered() {
     let mut channel = confirmed(10);
-    let (outbox, mut queue) = outbox(10);
-    channel.join(1, outbox, None);
+    let (mut queue, _) = join(&mut channel, 1, 10);
     channel.go_live(1, 0, &[]);
     receive(&mut channel, 1..=1);
     assert_eq!(channel.receive(delivery(4)).0, Received::Gap { last: 1 });
@@ -144,11 +150,8 @@ fn a_gap_is_repaired_before_later_messages_are_delivered() {
 #[test]
 fn a_full_queue_closes_the_subscriber_as_a_slow_consumer() {
     let mut channel = confirmed(10);
-    let (slow, _slow_queue) = outbox(1);
-    let closer = slow.closer.clone();
-    let (fast, mut fast_queue) = outbox(10);
-    channel.join(1, slow, None);
-    channel.join(2, fast, None);
+    let (_slow_queue, closer) = join(&mut channel, 1, 1);
+    let (mut fast_queue, _) = join(&mut channel, 2, 10);
     channel.go_live(1, 0, &[]);
     channel.go_live(2, 0, &[]);
     assert_eq!(receive(&mut channel, 1..=1).delivered, 2);
@@ -165,9 +168,7 @@ fn a_full_queue_closes_the_subscriber_as_a_slow_consumer() {
 #[test]
 fn go_live_closes_a_subscriber_whose_queue_cannot_take_the_buffer() {
     let mut channel = confirmed(10);
-    let (outbox, _queue) = outbox(1);
-    let closer = outbox.closer.clone();
-    channel.join(1, outbox, None);
+    let (_queue, closer) = join(&mut channel, 1, 1);
     receive(&mut channel, 1..=3);
     let (outcome, tally) = channel.go_live(1, 0, &[]);
     assert_eq!(outcome, GoLive::Closed);
@@ -183,9 +184,7 @@ fn go_live_closes_a_subscriber_whose_queue_cannot_take_the_buffer() {
 #[test]
 fn a_closed_session_leaves_quietly() {
     let mut channel = confirmed(10);
-    let (outbox, queue) = outbox(10);
-    let closer = outbox.closer.clone();
-    channel.join(1, outbox, None);
+    let (queue, closer) = join(&mut channel, 1, 10);
     channel.go_live(1, 0, &[]);
     drop(queue);
     assert_eq!(receive(&mut channel, 1..=1), Tally::default());
@@ -251,8 +250,7 @@ fn a_seed_needs_the_same_state_and_a_current_subscription() {
 #[test]
 fn a_reconnect_sends_buffering_subscribers_back_to_postgresql() {
     let mut channel = confirmed(10);
-    let (outbox, _queue) = outbox(10);
-    channel.join(1, outbox, None);
+    let (_queue, _) = join(&mut channel, 1, 10);
     receive(&mut channel, 1..=1);
     channel.disconnected();
     channel.confirmed();
@@ -273,8 +271,7 @@ fn an_unused_channel_expires_after_the_linger_period() {
     let now = Instant::now();
     let mut channel = confirmed(10);
     assert!(channel.expired(linger, now), "never used");
-    let (outbox, _queue) = outbox(10);
-    channel.join(1, outbox, None);
+    let (_queue, _) = join(&mut channel, 1, 10);
     channel.touch(now);
     assert!(!channel.expired(linger, now + linger));
     assert!(channel.leave(1));
