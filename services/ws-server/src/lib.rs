@@ -3,7 +3,9 @@
 //! - [`settings`]: configuration from flags and environment variables.
 //! - [`startup`]: [`startup::Application`] binds, wires everything and runs until shutdown.
 //! - [`hub`]: the one Redis pub/sub connection of the process, in-process fan-out to sessions,
-//!   duplicate dropping and live-gap repair from PostgreSQL.
+//!   duplicate dropping and live-gap repair from PostgreSQL; its per-channel state machine is a
+//!   plain type with no I/O.
+//! - [`outbox`]: a session's bounded queue of frames and its close request, filled by the hub.
 //! - [`session`]: one WebSocket connection: command loop, gap-free subscribe, bounded outbound
 //!   queue with coalesced writes, keepalive.
 //! - [`recent`]: the per-channel cache of the newest messages, serialized once.
@@ -19,6 +21,7 @@ pub mod error;
 pub mod health;
 pub mod hub;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod publish;
 pub mod recent;

@@ -19,8 +19,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::hub::{Closer, Frame, GoLive, Hub, Outbox, Subscription, PAGE_SIZE};
+use crate::hub::{GoLive, Hub, Subscription, PAGE_SIZE};
 use crate::metrics::Metrics;
+use crate::outbox::{Closer, Frame, Outbox};
 use crate::protocol::{self, Command, ErrorCode, Limits, ProtocolError, ServerFrame, Start};
 use crate::publish::{KafkaPublisher, Publication};
 use crate::recent::{JsonList, SharedMessage};

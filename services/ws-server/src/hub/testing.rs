@@ -1,0 +1,57 @@
+//! Builders for the unit tests of the hub's pure types.
+
+use chat_core::channel::ChannelName;
+use chat_core::message::{MessageId, StoredMessage};
+use chrono::Utc;
+use tokio::sync::mpsc;
+
+use super::subscriber::Delivery;
+use crate::outbox::{Closer, Frame, Outbox};
+use crate::recent::Shared;
+
+/// Message `seq` of channel `room`.
+pub fn stored(seq: i64) -> StoredMessage {
+    StoredMessage {
+        channel: ChannelName::parse("room").unwrap(),
+        seq,
+        id: MessageId(uuid::Uuid::nil()),
+        author: "ada".to_owned(),
+        text: format!("message {seq}"),
+        sent_at: Utc::now(),
+        stored_at: Utc::now(),
+    }
+}
+
+pub fn delivery(seq: i64) -> Delivery {
+    Delivery::new(&stored(seq))
+}
+
+/// The serialized messages `range`, as a history page.
+pub fn page(range: std::ops::RangeInclusive<i64>) -> Vec<Shared> {
+    range.map(|seq| delivery(seq).message).collect()
+}
+
+pub fn seqs(messages: &[Shared]) -> Vec<i64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+/// A session's outbox with a queue of `capacity` frames, and the session's end of it.
+pub fn outbox(capacity: usize) -> (Outbox, mpsc::Receiver<Frame>) {
+    let (frames, queue) = mpsc::channel(capacity);
+    let outbox = Outbox {
+        frames,
+        closer: Closer::default(),
+    };
+    (outbox, queue)
+}
+
+/// The seqs of the `message` frames waiting in a session's queue, taken out of it.
+pub fn queued(queue: &mut mpsc::Receiver<Frame>) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    while let Ok(frame) = queue.try_recv() {
+        let frame: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(frame["type"], "message");
+        seqs.push(frame["message"]["seq"].as_i64().unwrap());
+    }
+    seqs
+}
