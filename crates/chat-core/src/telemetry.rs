@@ -319,15 +319,6 @@ impl Injector for TraceHeaders {
     }
 }
 
-/// Parses a W3C `traceparent` alone into a remote span context (see [`TraceHeaders`]).
-pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
-    TraceHeaders {
-        traceparent: Some(value.to_owned()),
-        tracestate: None,
-    }
-    .span_context()
-}
-
 /// The trace headers of the current `tracing` span, when spans are exported.
 pub fn current_trace_headers() -> Option<TraceHeaders> {
     current_span_context().map(|context| TraceHeaders::of(&context))
@@ -441,6 +432,14 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_traceparent(value: &str) -> Option<SpanContext> {
+        TraceHeaders {
+            traceparent: Some(value.to_owned()),
+            tracestate: None,
+        }
+        .span_context()
+    }
 
     #[test]
     fn trace_headers_round_trip_with_their_state_and_reject_garbage() {

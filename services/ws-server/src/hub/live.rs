@@ -34,11 +34,9 @@ impl Hub {
             );
             return;
         }
-        let mut span = envelope
-            .traceparent
-            .as_deref()
+        let mut span = Some(&envelope)
             .filter(|_| telemetry::enabled())
-            .and_then(telemetry::parse_traceparent)
+            .and_then(Envelope::span_context)
             .and_then(|parent| {
                 MessageSpan::start(
                     "chat.deliver",
