@@ -201,7 +201,7 @@ impl Store {
     }
 
     /// The newest `limit` messages of a channel, oldest first.
-    pub async fn latest(
+    pub async fn newest(
         &self,
         channel: &ChannelName,
         limit: i64,

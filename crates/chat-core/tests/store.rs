@@ -80,7 +80,7 @@ async fn duplicates_keep_their_stored_seq_and_new_messages_continue_the_sequence
     let x = ChannelName::parse("#x").unwrap();
     assert_eq!(store.last_seq(&x).await.unwrap(), 5);
     let texts: Vec<String> = store
-        .latest(&x, 50)
+        .newest(&x, 50)
         .await
         .unwrap()
         .into_iter()

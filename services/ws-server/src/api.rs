@@ -4,10 +4,7 @@
 use std::borrow::Cow;
 
 use chat_core::channel::{ChannelName, MAX_CHANNEL_LEN};
-use chat_core::message::{
-    validate_author, validate_text, StoredMessage, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS,
-};
-use chat_core::store::Store;
+use chat_core::message::{validate_author, validate_text, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS};
 use chrono::{DateTime, Utc};
 use poem::IntoResponse;
 use poem_openapi::param::{Path, Query};
@@ -20,10 +17,10 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::error::ErrorBody;
-use crate::hub::{Hub, Latest};
+use crate::history::{Cursor, History};
 use crate::metrics::Metrics;
 use crate::publish::{KafkaPublisher, Publication};
-use crate::recent::{JsonList, Shared, SharedMessage};
+use crate::recent::{JsonList, Shared};
 
 #[derive(Tags)]
 enum ApiTags {
@@ -192,8 +189,7 @@ fn publish_bad_request(err: poem::Error) -> PublishResponse {
 }
 
 pub struct ChatApi {
-    pub store: Store,
-    pub hub: Hub,
+    pub history: History,
     pub publisher: KafkaPublisher,
     pub metrics: Metrics,
     pub default_limit: i64,
@@ -246,16 +242,10 @@ impl ChatApi {
                 "before must be 1 or more, after 0 or more".into(),
             );
         }
-        let page = match (before.0, after.0) {
-            (None, None) => self.newest(&channel, limit).await,
-            (before, after) => self
-                .read_store(&channel, limit, before, after)
-                .await
-                .map(|page| SharedMessage::from_page(&page)),
-        };
-        let page = match page {
+        let cursor = Cursor::of(before.0, after.0);
+        let page = match self.history.page(&channel, cursor, limit).await {
             Ok(page) => page,
-            // Logged by `timed_history`.
+            // Logged by the history reader.
             Err(_) => {
                 return HistoryResponse::Unavailable(Json(ErrorBody::new(
                     "unavailable",
@@ -315,60 +305,6 @@ impl ChatApi {
                 )))
             }
         }
-    }
-}
-
-impl ChatApi {
-    /// The newest `limit` messages: from the hub's cache when it holds them; otherwise from
-    /// PostgreSQL, and the page then seeds the cache (or starts watching the channel).
-    async fn newest(&self, channel: &ChannelName, limit: i64) -> Result<Vec<Shared>, sqlx::Error> {
-        let ticket = match self.hub.latest(channel, limit as usize) {
-            Latest::Cached(page) => return Ok(page),
-            Latest::Read(ticket) => ticket,
-        };
-        let page = SharedMessage::from_page(&self.read_store(channel, limit, None, None).await?);
-        match ticket {
-            Some(ticket) => self.hub.seed(ticket, &page),
-            None if !page.is_empty() => self.hub.watch(channel),
-            None => {}
-        }
-        Ok(page)
-    }
-
-    /// A page read from PostgreSQL, ascending: the newest without a cursor, else by cursor.
-    async fn read_store(
-        &self,
-        channel: &ChannelName,
-        limit: i64,
-        before: Option<i64>,
-        after: Option<i64>,
-    ) -> Result<Vec<StoredMessage>, sqlx::Error> {
-        let store = &self.store;
-        let mut page = match (before, after) {
-            (_, Some(after)) => {
-                self.metrics
-                    .timed_history(store.after(channel, after, limit))
-                    .await?
-            }
-            (Some(before), None) => {
-                let mut page = self
-                    .metrics
-                    .timed_history(store.before(channel, before, limit))
-                    .await?;
-                page.reverse();
-                page
-            }
-            (None, None) => {
-                self.metrics
-                    .timed_history(store.latest(channel, limit))
-                    .await?
-            }
-        };
-        // With both cursors, a window: the first `limit` messages above `after` below `before`.
-        if let (Some(before), Some(_)) = (before, after) {
-            page.retain(|m| m.seq < before);
-        }
-        Ok(page)
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`outbox`]: a session's bounded queue of frames and its close request, filled by the hub.
 //! - [`session`]: one WebSocket connection: command loop, gap-free subscribe, bounded outbound
 //!   queue with coalesced writes, keepalive.
+//! - [`history`]: the one history reader (store, the hub's cache of the newest page, query
+//!   timing) behind subscribe, resume and the REST pages.
 //! - [`recent`]: the per-channel cache of the newest messages, serialized once.
 //! - [`protocol`]: the client and server frames as serde types, with stable error codes.
 //! - [`publish`]: the Kafka producer behind the `publish` command and `POST`.
@@ -19,6 +21,7 @@
 pub mod api;
 pub mod error;
 pub mod health;
+pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;

@@ -133,22 +133,6 @@ impl Metrics {
         }
     }
 
-    /// Runs a history query, recording its latency in `history_query_duration_seconds` and
-    /// logging a failure.
-    pub async fn timed_history<T, E: std::fmt::Display>(
-        &self,
-        query: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, E> {
-        let started = std::time::Instant::now();
-        let result = query.await;
-        self.history_query_duration
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(err) = &result {
-            tracing::warn!(error = %err, "history query failed");
-        }
-        result
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();

@@ -13,7 +13,7 @@ use crate::recent::{JsonList, Shared, SharedMessage};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     /// The newest `n` stored messages, then live.
-    Last(i64),
+    Newest(i64),
     /// Every message with a `seq` above this one, then live.
     Since(i64),
 }
@@ -147,8 +147,8 @@ fn parse_command(fields: &Map<String, Value>, limits: Limits) -> Result<Command,
                         format!("`limit` must be 0 to {}", limits.max_limit),
                     ))
                 }
-                (Some(limit), None) => Start::Last(limit),
-                (None, None) => Start::Last(limits.default_limit),
+                (Some(limit), None) => Start::Newest(limit),
+                (None, None) => Start::Newest(limits.default_limit),
             };
             Ok(Command::Subscribe { channel, start })
         }
@@ -312,7 +312,7 @@ mod tests {
         assert!(matches!(
             req.command,
             Command::Subscribe {
-                start: Start::Last(50),
+                start: Start::Newest(50),
                 ..
             }
         ));

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_core::channel::ChannelName;
-use chat_core::store::Store;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use poem::web::websocket::{Message, WebSocketStream};
@@ -19,12 +18,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::history::{FirstPage, History};
 use crate::hub::{GoLive, Hub, Subscription, PAGE_SIZE};
 use crate::metrics::Metrics;
 use crate::outbox::{Closer, Frame, Outbox};
 use crate::protocol::{self, Command, ErrorCode, Limits, ProtocolError, ServerFrame, Start};
 use crate::publish::{KafkaPublisher, Publication};
-use crate::recent::{JsonList, SharedMessage};
+use crate::recent::JsonList;
 
 /// Going away: the server shuts down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -40,7 +40,7 @@ const HUB_WAIT: Duration = Duration::from_secs(5);
 /// What every session needs; one per application.
 pub struct SessionContext {
     pub hub: Hub,
-    pub store: Store,
+    pub history: History,
     pub publisher: KafkaPublisher,
     pub metrics: Metrics,
     pub limits: Limits,
@@ -240,47 +240,27 @@ impl Session {
                 format!("{what} is unavailable; retry later"),
             )
         };
-        let latest = match start {
-            Start::Last(limit) => usize::try_from(limit).ok(),
-            _ => None,
+        let newest = match start {
+            Start::Newest(limit) => usize::try_from(limit).ok(),
+            Start::Since(_) => None,
         };
         let (subscription, snapshot) = self
             .ctx
             .hub
-            .subscribe(&channel, self.outbox.clone(), HUB_WAIT, latest)
+            .subscribe(&channel, self.outbox.clone(), HUB_WAIT, newest)
             .await
             .map_err(|_| unavailable("the live stream"))?;
-
-        let store = &self.ctx.store;
-        // `history`: what was read from PostgreSQL, contiguous up to the cursor (it may seed the
-        // hub's cache); empty when the messages came from that cache.
-        let (messages, mut cursor, more, from_store) = match (start, snapshot) {
-            (_, Some(snapshot)) => (snapshot.messages, snapshot.last_seq, false, false),
-            (Start::Last(0), None) => {
-                let last = self.timed(store.last_seq(&channel)).await;
-                let last = last.map_err(|_| unavailable("history"))?;
-                (Vec::new(), last, false, false)
-            }
-            (Start::Last(limit), None) => {
-                let page = self.timed(store.latest(&channel, limit)).await;
-                let page = page.map_err(|_| unavailable("history"))?;
-                let cursor = page.last().map_or(0, |m| m.seq);
-                (SharedMessage::from_page(&page), cursor, false, true)
-            }
-            (Start::Since(since), None) => {
-                let page = self.timed(store.after(&channel, since, PAGE_SIZE)).await;
-                let page = page.map_err(|_| unavailable("history"))?;
-                let more = page.len() as i64 == PAGE_SIZE;
-                let cursor = match page.last() {
-                    Some(m) => m.seq,
-                    None => {
-                        let last = self.timed(store.last_seq(&channel)).await;
-                        since.min(last.map_err(|_| unavailable("history"))?)
-                    }
-                };
-                (SharedMessage::from_page(&page), cursor, more, !more)
-            }
-        };
+        let FirstPage {
+            messages,
+            last_seq: mut cursor,
+            more,
+            from_store,
+        } = self
+            .ctx
+            .history
+            .first_page(&channel, start, snapshot)
+            .await
+            .map_err(|_| unavailable("history"))?;
         let frame = ServerFrame::Subscribed {
             channel: &channel,
             messages: JsonList(&messages),
@@ -316,15 +296,12 @@ impl Session {
     /// Returns the new cursor.
     async fn catch_up(&self, channel: &ChannelName, mut cursor: i64) -> Result<i64, ProtocolError> {
         loop {
-            let page = self
-                .timed(self.ctx.store.after(channel, cursor, PAGE_SIZE))
-                .await
-                .map_err(|_| {
-                    ProtocolError::new(
-                        ErrorCode::HistoryUnavailable,
-                        "history is unavailable; resubscribe with since",
-                    )
-                })?;
+            let page = self.ctx.history.after(channel, cursor).await.map_err(|_| {
+                ProtocolError::new(
+                    ErrorCode::HistoryUnavailable,
+                    "history is unavailable; resubscribe with since",
+                )
+            })?;
             for message in &page {
                 self.send(protocol::message_frame(message).1).await;
                 cursor = message.seq;
@@ -367,13 +344,6 @@ impl Session {
             };
             let _ = frames.send(frame.into()).await;
         }.in_current_span());
-    }
-
-    async fn timed<T, E: std::fmt::Display>(
-        &self,
-        query: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, E> {
-        self.ctx.metrics.timed_history(query).await
     }
 
     async fn reply_error(&self, err: ProtocolError) {

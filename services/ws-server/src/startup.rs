@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::api::ChatApi;
 use crate::health::{self, Probes};
+use crate::history::History;
 use crate::hub::{Hub, PubSubTask};
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
@@ -83,9 +84,10 @@ impl Application {
             default_limit: settings.history_default_limit,
             max_limit: settings.history_max_limit,
         };
+        let history = History::new(store.clone(), hub.clone(), metrics.clone());
         let sessions = Arc::new(SessionContext {
             hub: hub.clone(),
-            store: store.clone(),
+            history: history.clone(),
             publisher: publisher.clone(),
             metrics: metrics.clone(),
             limits,
@@ -104,8 +106,7 @@ impl Application {
             metrics: metrics.clone(),
         };
         let api = ChatApi {
-            store,
-            hub: hub.clone(),
+            history,
             publisher,
             metrics: metrics.clone(),
             default_limit: settings.history_default_limit,

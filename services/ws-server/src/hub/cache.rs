@@ -10,7 +10,7 @@ use super::Hub;
 use crate::recent::Shared;
 
 /// What the hub knows of a channel's newest messages, for a REST read.
-pub enum Latest {
+pub enum Newest {
     /// The newest messages, from the cache.
     Cached(Vec<Shared>),
     /// Read PostgreSQL. With a ticket, hand the page to [`Hub::seed`] afterwards.
@@ -28,20 +28,20 @@ pub struct Ticket {
 
 impl Hub {
     /// The newest `limit` messages of a channel for a REST read: from the cache when it holds
-    /// them and is current (Redis connected, no repair running), else a [`Latest::Read`].
-    pub fn latest(&self, channel: &ChannelName, limit: usize) -> Latest {
+    /// them and is current (Redis connected, no repair running), else a [`Newest::Read`].
+    pub fn newest(&self, channel: &ChannelName, limit: usize) -> Newest {
         let mut channels = self.lock();
         let Some(state) = channels.get_mut(channel) else {
             drop(channels);
             self.count_rest("miss");
-            return Latest::Read(None);
+            return Newest::Read(None);
         };
         state.touch(Instant::now());
         let current = state.is_current() && self.is_connected();
         if let Some((messages, _)) = state.cached(limit).filter(|_| current) {
             drop(channels);
             self.count_rest("hit");
-            return Latest::Cached(messages);
+            return Newest::Cached(messages);
         }
         let ticket = current.then(|| Ticket {
             channel: channel.clone(),
@@ -50,7 +50,7 @@ impl Hub {
         });
         drop(channels);
         self.count_rest("miss");
-        Latest::Read(ticket)
+        Newest::Read(ticket)
     }
 
     fn count_rest(&self, outcome: &str) {

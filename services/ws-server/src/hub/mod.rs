@@ -30,7 +30,7 @@
 //!   `subscriber.rs`: one subscriber, buffering then live, and the serialized `Delivery`.
 //! - `mod.rs` (this file): [`Hub`], its options, [`Subscription`] and the metrics of a step.
 //! - `handoff.rs`: [`Hub::subscribe`] and [`Hub::go_live`].
-//! - `cache.rs`: REST reads of the newest page ([`Latest`], [`Ticket`], seed, watch).
+//! - `cache.rs`: REST reads of the newest page ([`Newest`], [`Ticket`], seed, watch).
 //! - `linger.rs`: a channel leaving the hub, at once or after the linger period (the sweep).
 //! - `live.rs`: a payload from Redis, with its `chat.deliver` span.
 //! - `repair.rs`: gap repair and reconnect back-fill from PostgreSQL.
@@ -66,7 +66,7 @@ use crate::metrics::Metrics;
 use channel::{Channel, Tally};
 use pubsub::PubSubCommand;
 
-pub use cache::{Latest, Ticket};
+pub use cache::{Newest, Ticket};
 pub use channel::{GoLive, Snapshot};
 pub use pubsub::PubSubTask;
 
