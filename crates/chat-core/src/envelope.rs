@@ -33,8 +33,10 @@ pub struct Envelope {
 impl Serialize for Envelope {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let m = &self.message;
-        let fields =
-            7 + usize::from(self.traceparent.is_some()) + usize::from(self.tracestate.is_some());
+        let fields = 7
+            + usize::from(m.user_id.is_some())
+            + usize::from(self.traceparent.is_some())
+            + usize::from(self.tracestate.is_some());
         let mut out = serializer.serialize_struct("Envelope", fields)?;
         out.serialize_field("channel", &m.channel)?;
         out.serialize_field("seq", &m.seq)?;
@@ -43,6 +45,9 @@ impl Serialize for Envelope {
         out.serialize_field("text", &m.text)?;
         out.serialize_field("sent_at", &m.sent_at)?;
         out.serialize_field("stored_at", &m.stored_at)?;
+        if let Some(user_id) = &m.user_id {
+            out.serialize_field("user_id", user_id)?;
+        }
         if let Some(traceparent) = &self.traceparent {
             out.serialize_field("traceparent", traceparent)?;
         }
@@ -114,6 +119,7 @@ mod tests {
             text: "hi".into(),
             sent_at: now,
             stored_at: now,
+            user_id: Some("user-42".into()),
         };
         let trace = TraceHeaders {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),

@@ -6,7 +6,9 @@
 //! - `author` is 1 to [`MAX_AUTHOR_CHARS`] characters with no control characters;
 //! - `text` is 1 to [`MAX_TEXT_CHARS`] characters, none of them U+0000 (PostgreSQL's `text` cannot
 //!   hold it, so one such record would otherwise stall every later record of its partition);
-//! - `id`, when present, is a UUID; `sent_at`, when present, is RFC 3339.
+//! - `id`, when present, is a UUID; `sent_at`, when present, is RFC 3339;
+//! - `user_id`, when present, is 1 to [`MAX_USER_ID_CHARS`] characters without control
+//!   characters (producers writing to Kafka directly are trusted to set it truthfully).
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,8 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 pub const MAX_AUTHOR_CHARS: usize = 64;
 /// Longest accepted message text, in characters.
 pub const MAX_TEXT_CHARS: usize = 4000;
+/// Longest accepted user id (a token's `sub`), in characters.
+pub const MAX_USER_ID_CHARS: usize = 256;
 
 /// Namespace of the hash that places a topic-partition's derived ids (see [`MessageId::derived`]).
 const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b65_726e_6f2d_6368_6174_2d73_7472_6561);
@@ -96,6 +100,8 @@ pub struct IncomingMessage {
     pub id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// A validated message, ready to be stored.
@@ -106,6 +112,8 @@ pub struct NewMessage {
     pub author: String,
     pub text: String,
     pub sent_at: DateTime<Utc>,
+    /// Who published it, when known (a verified token's `sub`).
+    pub user_id: Option<String>,
 }
 
 /// A message as stored in PostgreSQL and delivered to clients.
@@ -120,15 +128,19 @@ pub struct StoredMessage {
     pub text: String,
     pub sent_at: DateTime<Utc>,
     pub stored_at: DateTime<Utc>,
+    /// Who published it, when known; absent from the JSON otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 impl StoredMessage {
     /// Whether `message` is this one again (a redelivery or a retried publish): same channel,
-    /// author and text. `sent_at` does not count: a producer's retry may stamp a new time.
+    /// author, text and user. `sent_at` does not count: a producer's retry may stamp a new time.
     pub fn has_content_of(&self, message: &NewMessage) -> bool {
         self.channel == message.channel
             && self.author == message.author
             && self.text == message.text
+            && self.user_id == message.user_id
     }
 }
 
@@ -169,6 +181,8 @@ pub enum RejectReason {
     InvalidId(String),
     #[error("sent_at is not an RFC 3339 timestamp: {0:?}")]
     InvalidSentAt(String),
+    #[error("user_id must be 1 to {MAX_USER_ID_CHARS} characters without control characters")]
+    InvalidUserId,
     /// The record passed validation, but PostgreSQL refused to store it for its content (a
     /// data exception, an integrity violation, a program limit): retrying cannot help.
     #[error("postgresql refused the record (sqlstate {sqlstate}): {message}")]
@@ -193,6 +207,7 @@ impl RejectReason {
             RejectReason::InvalidText => "invalid_text",
             RejectReason::InvalidId(_) => "invalid_id",
             RejectReason::InvalidSentAt(_) => "invalid_sent_at",
+            RejectReason::InvalidUserId => "invalid_user_id",
             RejectReason::RejectedByStore { .. } => "rejected_by_store",
             RejectReason::IdConflict(_) => "id_conflict",
         }
@@ -210,6 +225,15 @@ pub fn validate_author(author: &str) -> Result<(), RejectReason> {
     let chars = author.chars().count();
     if chars == 0 || chars > MAX_AUTHOR_CHARS || author.chars().any(char::is_control) {
         return Err(RejectReason::InvalidAuthor);
+    }
+    Ok(())
+}
+
+/// Checks a user id (a token's `sub`) against the documented limits.
+pub fn validate_user_id(user_id: &str) -> Result<(), RejectReason> {
+    let chars = user_id.chars().count();
+    if chars == 0 || chars > MAX_USER_ID_CHARS || user_id.chars().any(char::is_control) {
+        return Err(RejectReason::InvalidUserId);
     }
     Ok(())
 }
@@ -260,6 +284,9 @@ impl NewMessage {
         }
         validate_author(&author)?;
         validate_text(&text)?;
+        if let Some(user_id) = &raw.user_id {
+            validate_user_id(user_id)?;
+        }
 
         let id = match raw.id {
             Some(id) => MessageId(Uuid::parse_str(&id).map_err(|_| RejectReason::InvalidId(id))?),
@@ -278,6 +305,7 @@ impl NewMessage {
             author,
             text,
             sent_at: db_time(sent_at),
+            user_id: raw.user_id,
         })
     }
 }
@@ -386,6 +414,16 @@ mod tests {
                 None,
                 r#"{"channel":"c","author":"a","text":"t","sent_at":"yesterday"}"#,
                 "invalid_sent_at",
+            ),
+            (
+                None,
+                r#"{"channel":"c","author":"a","text":"t","user_id":""}"#,
+                "invalid_user_id",
+            ),
+            (
+                None,
+                r#"{"channel":"c","author":"a","text":"t","user_id":7}"#,
+                "invalid_field",
             ),
         ];
         for (key, value, code) in cases {

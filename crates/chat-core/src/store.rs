@@ -27,7 +27,7 @@ use crate::message::{db_time, MessageId, NewMessage, StoredMessage};
 /// Migrations, embedded at build time from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
-const COLUMNS: &str = "channel, seq, id, author, text, sent_at, stored_at";
+const COLUMNS: &str = "channel, seq, id, author, text, sent_at, stored_at, user_id";
 
 /// What happened to one record of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,6 +307,7 @@ impl Plan {
                 text: message.text.clone(),
                 sent_at: message.sent_at,
                 stored_at,
+                user_id: message.user_id.clone(),
             };
             inserts += 1;
             known.insert(message.id, message.clone());
@@ -327,9 +328,9 @@ impl Plan {
         }
         let rows = Rows::of(&self.outcomes);
         let done = sqlx::query(
-            "insert into messages (channel, seq, id, author, text, sent_at, stored_at) \
-             select c, s, i, a, t, sa, $7 from unnest($1::text[], $2::int8[], $3::uuid[], \
-             $4::text[], $5::text[], $6::timestamptz[]) as u(c, s, i, a, t, sa)",
+            "insert into messages (channel, seq, id, author, text, sent_at, stored_at, user_id) \
+             select c, s, i, a, t, sa, $7, ui from unnest($1::text[], $2::int8[], $3::uuid[], \
+             $4::text[], $5::text[], $6::timestamptz[], $8::text[]) as u(c, s, i, a, t, sa, ui)",
         )
         .bind(&rows.channel)
         .bind(&rows.seq)
@@ -338,6 +339,7 @@ impl Plan {
         .bind(&rows.text)
         .bind(&rows.sent_at)
         .bind(self.stored_at)
+        .bind(&rows.user_id)
         .execute(tx)
         .await?;
         Ok(done.rows_affected())
@@ -370,6 +372,7 @@ struct Rows<'a> {
     author: Vec<&'a str>,
     text: Vec<&'a str>,
     sent_at: Vec<DateTime<Utc>>,
+    user_id: Vec<Option<&'a str>>,
 }
 
 impl<'a> Rows<'a> {
@@ -388,6 +391,7 @@ impl<'a> Rows<'a> {
             author: inserted.iter().map(|m| m.author.as_str()).collect(),
             text: inserted.iter().map(|m| m.text.as_str()).collect(),
             sent_at: inserted.iter().map(|m| m.sent_at).collect(),
+            user_id: inserted.iter().map(|m| m.user_id.as_deref()).collect(),
         }
     }
 }

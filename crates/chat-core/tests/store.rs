@@ -12,6 +12,7 @@ fn message(channel: &str, text: &str) -> NewMessage {
         author: "tester".into(),
         text: text.into(),
         sent_at: db_time(chrono::Utc::now()),
+        user_id: None,
     }
 }
 
@@ -131,11 +132,19 @@ async fn concurrent_writers_of_one_channel_never_leave_a_hole_or_reuse_a_seq() {
 async fn an_id_stored_with_other_content_is_a_conflict_and_stores_nothing() {
     let db = TestDatabase::create(&Services::from_env()).await;
     let store = Store::from_pool(db.pool.clone());
-    let original = message("#x", "original");
+    let mut original = message("#x", "original");
+    original.user_id = Some("user-1".into());
     store
         .insert_batch(std::slice::from_ref(&original))
         .await
         .unwrap();
+    let x = ChannelName::parse("#x").unwrap();
+    let read = store.newest(&x, 1).await.unwrap();
+    assert_eq!(
+        read[0].user_id.as_deref(),
+        Some("user-1"),
+        "user_id is stored"
+    );
 
     let mut later_retry = original.clone();
     later_retry.sent_at = db_time(chrono::Utc::now() + chrono::Duration::seconds(5));
@@ -143,6 +152,8 @@ async fn an_id_stored_with_other_content_is_a_conflict_and_stores_nothing() {
     forged_text.text = "forged".into();
     let mut other_author = original.clone();
     other_author.author = "mallory".into();
+    let mut other_user = original.clone();
+    other_user.user_id = Some("mallory".into());
     let mut other_channel = original.clone();
     other_channel.channel = ChannelName::parse("#y").unwrap();
     let fresh = message("#x", "fresh");
@@ -152,6 +163,7 @@ async fn an_id_stored_with_other_content_is_a_conflict_and_stores_nothing() {
         later_retry,
         forged_text,
         other_author,
+        other_user,
         other_channel,
         fresh,
         fresh_forged,
@@ -169,6 +181,7 @@ async fn an_id_stored_with_other_content_is_a_conflict_and_stores_nothing() {
         kinds,
         [
             "duplicate", // sent_at does not count
+            "conflict",
             "conflict",
             "conflict",
             "conflict",

@@ -379,3 +379,30 @@ async fn graceful_shutdown_finishes_and_commits_the_batch_in_flight() {
     }
     world.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_id_travels_from_the_record_to_the_row_and_the_envelope() {
+    let world = World::new(1).await;
+    let value = serde_json::json!({"channel": "#who", "author": "alice", "text": "signed",
+        "user_id": "auth0|12345"});
+    world
+        .produce(&[
+            TestRecord::raw(Some("#who"), value.to_string().as_bytes()),
+            TestRecord::chat("#who", "bob", "anonymous"),
+        ])
+        .await;
+    let worker = InProcessWorker::start(world.settings()).await;
+    assert!(world.wait_stored(2, SETTLE).await);
+    let users: Vec<(i64, Option<String>)> =
+        sqlx::query_as("select seq, user_id from messages order by seq")
+            .fetch_all(&world.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(users, [(1, Some("auth0|12345".to_owned())), (2, None)]);
+    assert!(eventually(SETTLE, || async { world.tap.len() >= 2 }).await);
+    let published = world.tap.received();
+    assert_eq!(published[0].message.user_id.as_deref(), Some("auth0|12345"));
+    assert_eq!(published[1].message.user_id, None);
+    worker.stop().await;
+    world.finish().await;
+}

@@ -4,10 +4,12 @@
 use std::borrow::Cow;
 
 use chat_core::channel::{ChannelName, MAX_CHANNEL_LEN};
-use chat_core::message::{validate_author, validate_text, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS};
+use chat_core::message::{
+    validate_author, validate_text, MessageId, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS,
+};
 use chrono::{DateTime, Utc};
 use poem::IntoResponse;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{Json, Payload};
 use poem_openapi::registry::{MetaSchemaRef, Registry};
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
@@ -39,6 +41,9 @@ pub struct MessageDto {
     pub text: String,
     pub sent_at: DateTime<Utc>,
     pub stored_at: DateTime<Utc>,
+    /// The publisher's user id (a verified token's `sub`), when known.
+    #[oai(skip_serializing_if_is_none)]
+    pub user_id: Option<String>,
 }
 
 /// One page of a channel's history, oldest to newest.
@@ -176,7 +181,8 @@ pub enum PublishResponse {
     /// Kafka acknowledged the message; it reaches subscribers through the pipeline.
     #[oai(status = 202)]
     Accepted(Json<Accepted>),
-    /// Invalid channel or message (`invalid_channel`, `invalid_message`, `bad_request`).
+    /// Invalid channel, message or idempotency key (`invalid_channel`, `invalid_message`,
+    /// `invalid_idempotency_key`, `bad_request`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// Kafka did not acknowledge the message (`publish_failed`).
@@ -260,7 +266,8 @@ impl ChatApi {
     ///
     /// The message is produced to Kafka (key = channel); the reply comes once the broker has
     /// acknowledged it, with the message's id. It then reaches storage and every subscriber
-    /// through the pipeline.
+    /// through the pipeline. With an `Idempotency-Key` (a UUID), that key is the message's id:
+    /// a retry with the same key and body is stored once and answered with the same id.
     #[oai(
         path = "/channels/:channel/messages",
         method = "post",
@@ -270,6 +277,9 @@ impl ChatApi {
         &self,
         /// URL-encoded channel name, e.g. `%23kerno-challenge`.
         channel: Path<String>,
+        /// A UUID chosen by the client for this message; retries reuse it.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
         body: Json<PublishRequest>,
     ) -> PublishResponse {
         let bad = |code: &str, message: String| {
@@ -286,10 +296,22 @@ impl ChatApi {
         if let Err(reason) = validate_author(&author).and_then(|()| validate_text(&text)) {
             return bad("invalid_message", reason.to_string());
         }
+        let id = match idempotency_key.0.as_deref().map(Uuid::parse_str) {
+            None => None,
+            Some(Ok(id)) => Some(MessageId(id)),
+            Some(Err(_)) => {
+                return bad(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be a UUID".into(),
+                )
+            }
+        };
         let publication = Publication {
             channel,
             author,
             text,
+            id,
+            user_id: None,
         };
         match self.publisher.publish(&publication).await {
             Ok(id) => {
@@ -382,6 +404,10 @@ pub fn document_constraints(spec: &mut Value, max_limit: i64) {
         json!({"minimum": 0}),
     );
     extend(&format!("{operation}/post/parameters/0/schema"), channel);
+    extend(
+        &format!("{operation}/post/parameters/1/schema"),
+        json!({"format": "uuid"}),
+    );
     let request = "/components/schemas/PublishRequest/properties";
     extend(
         &format!("{request}/author"),
@@ -394,6 +420,10 @@ pub fn document_constraints(spec: &mut Value, max_limit: i64) {
     // The parameters are addressed by position; make sure each is the one meant.
     for (index, name) in ["channel", "limit", "before", "after"].iter().enumerate() {
         let got = spec.pointer(&format!("{operation}/get/parameters/{index}/name"));
+        assert_eq!(got, Some(&json!(name)), "OpenAPI parameter order changed");
+    }
+    for (index, name) in ["channel", "Idempotency-Key"].iter().enumerate() {
+        let got = spec.pointer(&format!("{operation}/post/parameters/{index}/name"));
         assert_eq!(got, Some(&json!(name)), "OpenAPI parameter order changed");
     }
 }

@@ -2,11 +2,12 @@
 //! types, and server frames as serde types. Every error has a stable [`ErrorCode`].
 
 use chat_core::channel::ChannelName;
-use chat_core::message::{validate_author, validate_text, StoredMessage};
+use chat_core::message::{validate_author, validate_text, MessageId, StoredMessage};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::publish::Publication;
 use crate::recent::{JsonList, Shared, SharedMessage};
 
 /// Where a subscription starts.
@@ -21,18 +22,9 @@ pub enum Start {
 /// A parsed client command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Subscribe {
-        channel: ChannelName,
-        start: Start,
-    },
-    Unsubscribe {
-        channel: ChannelName,
-    },
-    Publish {
-        channel: ChannelName,
-        author: String,
-        text: String,
-    },
+    Subscribe { channel: ChannelName, start: Start },
+    Unsubscribe { channel: ChannelName },
+    Publish(Publication),
     Ping,
 }
 
@@ -54,6 +46,7 @@ pub enum ErrorCode {
     InvalidLimit,
     InvalidSince,
     InvalidMessage,
+    InvalidMessageId,
     TooManySubscriptions,
     NotSubscribed,
     AlreadySubscribed,
@@ -164,11 +157,18 @@ fn parse_command(fields: &Map<String, Value>, limits: Limits) -> Result<Command,
                 .map_err(|reason| {
                     ProtocolError::new(ErrorCode::InvalidMessage, reason.to_string())
                 })?;
-            Ok(Command::Publish {
+            let id = match fields.get("message_id") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(raw)) => Some(parse_message_id(raw)?),
+                Some(_) => return Err(invalid_message_id()),
+            };
+            Ok(Command::Publish(Publication {
                 channel,
                 author,
                 text,
-            })
+                id,
+                user_id: None,
+            }))
         }
         "ping" => Ok(Command::Ping),
         other => Err(ProtocolError::new(
@@ -176,6 +176,19 @@ fn parse_command(fields: &Map<String, Value>, limits: Limits) -> Result<Command,
             format!("unknown command {other:?}; use subscribe, unsubscribe, publish or ping"),
         )),
     }
+}
+
+fn invalid_message_id() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::InvalidMessageId,
+        "`message_id` must be a UUID string",
+    )
+}
+
+fn parse_message_id(raw: &str) -> Result<MessageId, ProtocolError> {
+    uuid::Uuid::parse_str(raw)
+        .map(MessageId)
+        .map_err(|_| invalid_message_id())
 }
 
 fn missing(field: &str) -> ProtocolError {

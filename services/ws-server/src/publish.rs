@@ -18,11 +18,16 @@ use tracing::Instrument;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A validated message a client wants published.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publication {
     pub channel: ChannelName,
     pub author: String,
     pub text: String,
+    /// The client's own id for the message (WebSocket `message_id`, REST `Idempotency-Key`):
+    /// a retry with the same id is stored once. A fresh UUIDv7 when absent.
+    pub id: Option<MessageId>,
+    /// The publisher's user id, from a verified token.
+    pub user_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -32,6 +37,8 @@ struct KafkaValue<'a> {
     text: &'a str,
     id: String,
     sent_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
 }
 
 #[derive(Clone)]
@@ -58,15 +65,15 @@ impl KafkaPublisher {
         })
     }
 
-    /// Produces the message (key = channel) with a fresh id, and returns the id once the broker
-    /// acknowledged it. The produce is a `kafka.produce` span (child of the caller's WS command
+    /// Produces the message (key = channel) with its id (the client's, else a fresh one), and
+    /// returns the id once the broker acknowledged it. The produce is a `kafka.produce` span (child of the caller's WS command
     /// or HTTP request span) whose context goes out as the record's `traceparent` header when
     /// spans are exported: the worker and the ws-server's delivery continue that trace.
     pub async fn publish(
         &self,
         publication: &Publication,
     ) -> Result<MessageId, rdkafka::error::KafkaError> {
-        let id = MessageId::new_random();
+        let id = publication.id.unwrap_or_else(MessageId::new_random);
         let span = tracing::info_span!(
             "kafka.produce",
             otel.kind = "producer",
@@ -92,6 +99,7 @@ impl KafkaPublisher {
             text: &publication.text,
             id: id.to_string(),
             sent_at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+            user_id: publication.user_id.as_deref(),
         })
         .expect("a publication always serializes");
         let mut record = FutureRecord::to(&self.topic)

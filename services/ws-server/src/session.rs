@@ -145,7 +145,7 @@ impl Session {
         let (name, command) = match &request.command {
             Command::Subscribe { .. } => ("WS subscribe", "subscribe"),
             Command::Unsubscribe { .. } => ("WS unsubscribe", "unsubscribe"),
-            Command::Publish { .. } => ("WS publish", "publish"),
+            Command::Publish(_) => ("WS publish", "publish"),
             Command::Ping => ("WS ping", "ping"),
         };
         let span = tracing::info_span!(
@@ -180,19 +180,8 @@ impl Session {
                     format!("not subscribed to {channel}"),
                 )),
             },
-            Command::Publish {
-                channel,
-                author,
-                text,
-            } => {
-                self.publish(
-                    Publication {
-                        channel,
-                        author,
-                        text,
-                    },
-                    id.clone(),
-                );
+            Command::Publish(publication) => {
+                self.publish(publication, id.clone());
                 Ok(())
             }
             Command::Ping => {

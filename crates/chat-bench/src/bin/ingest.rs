@@ -277,6 +277,7 @@ async fn raw_publish(redis_url: &str, rows: &[Row], batch: usize) -> anyhow::Res
                     text: row.text.clone(),
                     sent_at: now,
                     stored_at: now,
+                    user_id: None,
                 },
                 None,
             );

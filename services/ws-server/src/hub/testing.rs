@@ -19,6 +19,7 @@ pub fn stored(seq: i64) -> StoredMessage {
         text: format!("message {seq}"),
         sent_at: Utc::now(),
         stored_at: Utc::now(),
+        user_id: None,
     }
 }
 

@@ -125,6 +125,7 @@ async fn a_live_seq_jump_is_preceded_by_the_skipped_message_read_from_postgresql
             author: "direct".into(),
             text: (*text).into(),
             sent_at: now,
+            user_id: None,
         })
         .collect();
     let outcomes = stack.iso.store.insert_batch(&batch).await.unwrap();

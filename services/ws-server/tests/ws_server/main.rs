@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod delivery;
+mod idempotent;
 mod poison;
 mod rest;
 mod subscribe;
