@@ -81,3 +81,48 @@ pub fn metrics(registry: Registry) -> impl Endpoint<Output = Response> {
             .body(registry.render())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(response: Response) -> (u16, Value) {
+        let status = response.status().as_u16();
+        let body = response.into_body().into_json().await.unwrap();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn ready_only_when_every_check_passed_and_not_draining() {
+        let ok = || [("postgresql", Ok(())), ("kafka", Ok(()))];
+        let (status, body) = answer(readiness(false, ok())).await;
+        assert_eq!(status, 200);
+        let checks = json!({"postgresql": "ok", "kafka": "ok"});
+        assert_eq!(
+            body,
+            json!({"status": "ready", "draining": false, "checks": checks})
+        );
+
+        let (status, body) = answer(readiness(true, ok())).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["status"], "not_ready");
+        assert_eq!(body["draining"], true);
+
+        let failing = [("postgresql", Ok(())), ("kafka", Err("down".to_owned()))];
+        let (status, body) = answer(readiness(false, failing)).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["checks"], json!({"postgresql": "ok", "kafka": "down"}));
+    }
+
+    #[tokio::test]
+    async fn a_check_shows_its_error_or_times_out() {
+        assert_eq!(check(async { Ok::<_, String>(()) }).await, Ok(()));
+        assert_eq!(check(async { Err("refused") }).await, Err("refused".into()));
+        let never = std::future::pending::<Result<(), String>>();
+        assert_eq!(check(never).await, Err("timed out".into()));
+        assert_eq!(
+            check_blocking(|| Err("no broker")).await,
+            Err("no broker".into())
+        );
+    }
+}

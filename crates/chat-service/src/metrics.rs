@@ -71,3 +71,31 @@ impl Registry {
         String::from_utf8(buffer).expect("the text format is UTF-8")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_metric_with_the_prefix() {
+        let registry = Registry::new("chat_test");
+        registry.counter("events_total", "Events").inc_by(3);
+        let by_kind = registry.counter_vec("kinds_total", "Events by kind", &["kind"]);
+        by_kind.with_label_values(&["a"]).inc();
+        registry.gauge("open", "Open things").set(2);
+        registry
+            .histogram("wait_seconds", "Waits", &[0.1, 1.0])
+            .observe(0.5);
+        let text = registry.render();
+        assert!(text.contains("chat_test_events_total 3"), "{text}");
+        assert!(
+            text.contains("chat_test_kinds_total{kind=\"a\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("chat_test_open 2"), "{text}");
+        assert!(
+            text.contains("chat_test_wait_seconds_bucket{le=\"1\"} 1"),
+            "{text}"
+        );
+    }
+}
