@@ -8,8 +8,8 @@ use anyhow::Context;
 use chat_core::store::Store;
 use chat_core::telemetry::{redact_url, LogFormat};
 
-// No `///` on the structs: clap would take a flattened struct's doc comment for the `about` of
-// the whole command.
+// No `///` on the structs: clap's derive turns a struct's doc comment into the `about` of the
+// command it is flattened into.
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {

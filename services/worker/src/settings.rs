@@ -86,7 +86,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// A worker for tests and benchmarks on the given services: input `topic` (dead letters on
+    /// A worker for tests on the given services: input `topic` (dead letters on
     /// `<topic>.dlq`), consumer `group` and Redis `redis_prefix`; an ephemeral HTTP port
     /// (`127.0.0.1:0`), text logs, 500-record batches on two lanes, four connections and retries
     /// capped at 500 ms.
