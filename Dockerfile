@@ -32,12 +32,13 @@ ENV CARGO_TERM_COLOR=never \
 # 1. Dependencies only: manifests + lock, stub sources for every workspace member.
 COPY Cargo.toml Cargo.lock ./
 COPY crates/chat-core/Cargo.toml crates/chat-core/
+COPY crates/chat-service/Cargo.toml crates/chat-service/
 COPY crates/chat-testkit/Cargo.toml crates/chat-testkit/
 COPY crates/chat-bench/Cargo.toml crates/chat-bench/
 COPY services/worker/Cargo.toml services/worker/
 COPY services/ws-server/Cargo.toml services/ws-server/
 RUN set -eu; \
-    for d in crates/chat-core crates/chat-testkit services/worker services/ws-server; do \
+    for d in crates/chat-core crates/chat-service crates/chat-testkit services/worker services/ws-server; do \
       mkdir -p "$d/src"; echo '' > "$d/src/lib.rs"; \
     done; \
     for d in services/worker services/ws-server; do echo 'fn main() {}' > "$d/src/main.rs"; done; \

@@ -4,7 +4,8 @@
 Each subcommand prints `ok ...` / `FAIL ...` / `WARN ...` lines and exits non-zero on any FAIL.
 What "the code" offers is read from the Rust sources, so the checks follow the code:
   - environment variables: `env = "NAME"` (clap) and `env::var("NAME")` in
-    services/<pkg>/src/**/*.rs and crates/chat-core/src/**/*.rs, plus the standard variables
+    services/<pkg>/src/**/*.rs, crates/chat-core/src/**/*.rs and crates/chat-service/src/**/*.rs
+    (the flag groups both services flatten into their settings), plus the standard variables
     read by libraries (RUST_LOG by tracing-subscriber, OTEL_* by OpenTelemetry);
   - HTTP routes: `.at("/path"` (poem) and `path = "/path"` (poem-openapi);
   - default port: the `default_value` of the clap argument with `env = "HTTP_ADDR"`.
@@ -131,7 +132,8 @@ class CodeContract:
             self.port = DOCUMENTED_PORT[binary]
             return
         texts = [p.read_text() for p in _rs_files(self.dir)]
-        texts += [p.read_text() for p in _rs_files(ROOT / "crates" / "chat-core")]
+        for shared in ("chat-core", "chat-service"):
+            texts += [p.read_text() for p in _rs_files(ROOT / "crates" / shared)]
         code = "\n".join(texts)
         env = set(re.findall(r'\benv\s*=\s*"([A-Z][A-Z0-9_]*)"', code))
         env |= set(re.findall(r'env::var(?:_os)?\(\s*"([A-Z][A-Z0-9_]*)"', code))

@@ -67,7 +67,7 @@ pub fn create(
     metrics: Metrics,
 ) -> Result<WorkerConsumer, rdkafka::error::KafkaError> {
     let consumer: WorkerConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_brokers)
+        .set("bootstrap.servers", &settings.kafka.kafka_brokers)
         .set("group.id", &settings.kafka_group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")

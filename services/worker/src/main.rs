@@ -7,7 +7,7 @@ use chat_worker::startup::{self, Application};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let telemetry = telemetry::init("chat-worker", cli.settings.log_format);
+    let telemetry = telemetry::init("chat-worker", cli.settings.log.log_format);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => startup::migrate(&cli.settings).await,
         Command::CreateTopics {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use chat_core::telemetry::LogFormat;
+use chat_service::args::{KafkaArgs, LogArgs, PostgresArgs, RedisArgs};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -38,9 +39,8 @@ pub enum Command {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
-    /// Kafka bootstrap servers, comma separated.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Topic the chat messages arrive on.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
     pub kafka_topic: String,
@@ -55,26 +55,13 @@ pub struct Settings {
     /// docs/BENCHMARKS.md for rate and RSS at 8, 12 and 16 MiB.
     #[arg(long, env = "KAFKA_FETCH_QUEUE_KBYTES", default_value_t = 16384)]
     pub kafka_fetch_queue_kbytes: u32,
-    /// PostgreSQL connection URL (a secret: never logged).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://chat:chat@127.0.0.1:5432/chat",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
     /// Size of the PostgreSQL connection pool (at least PIPELINE_LANES + 1).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 6)]
     pub database_max_connections: u32,
-    /// Redis connection URL (a secret: never logged).
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// Prefix of the Redis pub/sub channels: a message of channel C is published on `<prefix>C`.
     #[arg(long, env = "REDIS_PREFIX", default_value = chat_core::envelope::DEFAULT_REDIS_PREFIX)]
     pub redis_prefix: String,
@@ -94,7 +81,47 @@ pub struct Settings {
     /// Longest pause between retries while a dependency is down, in milliseconds.
     #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 5000)]
     pub retry_max_backoff_ms: u64,
-    /// Log format: json or text.
-    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Settings {
+    /// A worker for tests on the given services: input `topic` (dead letters on
+    /// `<topic>.dlq`), consumer `group` and Redis `redis_prefix`; an ephemeral HTTP port
+    /// (`127.0.0.1:0`), text logs, 500-record batches on two lanes, four connections and retries
+    /// capped at 500 ms.
+    pub fn for_tests(
+        kafka_brokers: &str,
+        database_url: &str,
+        redis_url: &str,
+        topic: &str,
+        group: &str,
+        redis_prefix: &str,
+    ) -> Self {
+        Self {
+            kafka: KafkaArgs {
+                kafka_brokers: kafka_brokers.to_owned(),
+            },
+            kafka_topic: topic.to_owned(),
+            kafka_dlq_topic: format!("{topic}.dlq"),
+            kafka_group_id: group.to_owned(),
+            kafka_fetch_queue_kbytes: 16384,
+            postgres: PostgresArgs {
+                database_url: database_url.to_owned(),
+            },
+            database_max_connections: 4,
+            redis: RedisArgs {
+                redis_url: redis_url.to_owned(),
+            },
+            redis_prefix: redis_prefix.to_owned(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            batch_max_records: 500,
+            batch_linger_ms: 5,
+            pipeline_lanes: 2,
+            retry_max_backoff_ms: 500,
+            log: LogArgs {
+                log_format: LogFormat::Text,
+            },
+        }
+    }
 }

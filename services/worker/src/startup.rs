@@ -1,14 +1,11 @@
 //! Wiring: build every component from [`Settings`], then run until a shutdown signal.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chat_core::store::Store;
-use chat_core::telemetry::redact_url;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use chat_service::http::HttpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, WorkerConsumer};
@@ -22,8 +19,8 @@ use crate::settings::Settings;
 
 /// Applies pending migrations (the `migrate` subcommand).
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let store = Store::connect_lazy(&settings.database_url, 1).context("invalid DATABASE_URL")?;
-    tracing::info!(database = %redact_url(&settings.database_url), "applying migrations");
+    let store = settings.postgres.store(1)?;
+    tracing::info!(database = %settings.postgres.redacted(), "applying migrations");
     store.migrate().await.context("migrations failed")?;
     tracing::info!("migrations applied");
     Ok(())
@@ -41,7 +38,7 @@ pub async fn create_topics(
     use rdkafka::types::RDKafkaErrorCode;
 
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_brokers)
+        .set("bootstrap.servers", &settings.kafka.kafka_brokers)
         .create()
         .context("creating the Kafka admin client")?;
     let topics = [
@@ -75,8 +72,7 @@ pub async fn create_topics(
 
 /// A built worker: HTTP listener bound, clients created, nothing running yet.
 pub struct Application {
-    acceptor: TcpAcceptor,
-    local_addr: SocketAddr,
+    listener: HttpListener,
     consumer: Arc<WorkerConsumer>,
     pipeline: Pipeline,
     probes: Probes,
@@ -87,26 +83,18 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let health = Arc::new(Health::default());
-        let store = Store::connect_lazy(&settings.database_url, settings.database_max_connections)
-            .context("invalid DATABASE_URL")?;
+        let store = settings.postgres.store(settings.database_max_connections)?;
         let publisher = Arc::new(
-            Publisher::new(&settings.redis_url, &settings.redis_prefix)
+            Publisher::new(&settings.redis.redis_url, &settings.redis_prefix)
                 .context("invalid REDIS_URL")?,
         );
-        let dead_letters = DeadLetters::new(&settings.kafka_brokers, &settings.kafka_dlq_topic)
-            .context("creating the dead-letter producer")?;
+        let dead_letters =
+            DeadLetters::new(&settings.kafka.kafka_brokers, &settings.kafka_dlq_topic)
+                .context("creating the dead-letter producer")?;
         let consumer = Arc::new(
             consumer::create(&settings, metrics.clone()).context("creating the Kafka consumer")?,
         );
-        let acceptor = TcpListener::bind(settings.http_addr.to_string())
-            .into_acceptor()
-            .await
-            .with_context(|| format!("binding {}", settings.http_addr))?;
-        let local_addr = *acceptor
-            .local_addr()
-            .first()
-            .and_then(|addr| addr.as_socket_addr())
-            .context("listener has no socket address")?;
+        let listener = HttpListener::bind(settings.http_addr).await?;
 
         let pipeline = Pipeline {
             store: store.clone(),
@@ -125,8 +113,7 @@ impl Application {
             metrics,
         };
         Ok(Self {
-            acceptor,
-            local_addr,
+            listener,
             consumer,
             pipeline,
             probes,
@@ -136,7 +123,7 @@ impl Application {
 
     /// The bound HTTP port (useful with `HTTP_ADDR=127.0.0.1:0`).
     pub fn http_port(&self) -> u16 {
-        self.local_addr.port()
+        self.listener.local_addr().port()
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -147,28 +134,20 @@ impl Application {
     /// finished and its offsets committed, then the HTTP server stops.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(
-            http.addr = %self.local_addr,
-            kafka.brokers = %self.settings.kafka_brokers,
+            http.addr = %self.listener.local_addr(),
+            kafka.brokers = %self.settings.kafka.kafka_brokers,
             kafka.topic = %self.settings.kafka_topic,
             kafka.group = %self.settings.kafka_group_id,
-            database = %redact_url(&self.settings.database_url),
-            redis = %redact_url(&self.settings.redis_url),
+            database = %self.settings.postgres.redacted(),
+            redis = %self.settings.redis.redacted(),
             "chat-worker started"
         );
         let http_stop = CancellationToken::new();
-        let server = {
-            let stop = http_stop.clone();
-            let routes = health::routes(self.probes.clone());
-            tokio::spawn(async move {
-                poem::Server::new_with_acceptor(self.acceptor)
-                    .run_with_graceful_shutdown(
-                        routes,
-                        stop.cancelled_owned(),
-                        Some(Duration::from_secs(1)),
-                    )
-                    .await
-            })
-        };
+        let server = self.listener.serve(
+            health::routes(self.probes.clone()),
+            http_stop.clone(),
+            Duration::from_secs(1),
+        );
 
         let health = Arc::clone(&self.probes.health);
         let draining = shutdown.clone();
@@ -188,10 +167,7 @@ impl Application {
         .await;
 
         http_stop.cancel();
-        server
-            .await
-            .context("http server task")?
-            .context("http server")?;
+        server.finished().await?;
         tracing::info!("chat-worker stopped");
         Ok(())
     }

@@ -258,7 +258,7 @@ async fn postgres_outage_mid_stream_loses_nothing_and_commits_nothing_past_unsto
     let world = World::new(2).await;
     let proxy = ChaosProxy::start(url_addr(&world.db.url)).await;
     let mut settings = world.settings();
-    settings.database_url = url_via(&world.db.url, proxy.addr());
+    settings.postgres.database_url = url_via(&world.db.url, proxy.addr());
     let (records, expected) = chat_records("pg-outage", 4, 2000);
     let texts = texts_of(&records);
 
@@ -310,7 +310,7 @@ async fn redis_outage_mid_stream_loses_nothing_and_commits_nothing_past_unpublis
     let world = World::new(2).await;
     let proxy = ChaosProxy::start(url_addr(&world.services.redis_url)).await;
     let mut settings = world.settings();
-    settings.redis_url = url_via(&world.services.redis_url, proxy.addr());
+    settings.redis.redis_url = url_via(&world.services.redis_url, proxy.addr());
     let (records, expected) = chat_records("redis-outage", 4, 2000);
     let texts = texts_of(&records);
 

@@ -7,7 +7,7 @@ use chat_ws_server::startup::Application;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let telemetry = telemetry::init("chat-ws-server", cli.settings.log_format);
+    let telemetry = telemetry::init("chat-ws-server", cli.settings.log.log_format);
     let result = match Application::build(cli.settings).await {
         Ok(app) => app.run_until_stopped(shutdown::on_signals()).await,
         Err(err) => Err(err),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chat_core::channel::ChannelName;
 use chat_core::message::MessageId;
 use chat_core::telemetry;
+use chat_service::health::{check_blocking, CHECK_TIMEOUT};
 use chrono::{SecondsFormat, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -127,14 +128,12 @@ impl KafkaPublisher {
     pub async fn ping(&self) -> Result<(), String> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || {
+        check_blocking(move || {
             producer
                 .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .fetch_metadata(Some(&topic), CHECK_TIMEOUT)
                 .map(|_| ())
-                .map_err(|err| err.to_string())
         })
         .await
-        .map_err(|err| err.to_string())?
     }
 }

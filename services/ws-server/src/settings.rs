@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chat_core::telemetry::LogFormat;
+use chat_service::args::{KafkaArgs, LogArgs, PostgresArgs, RedisArgs};
 use clap::Parser;
 
 use crate::hub::HubOptions;
@@ -22,32 +22,18 @@ pub struct Cli {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
-    /// Kafka bootstrap servers, comma separated.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Topic that published messages are produced to.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
     pub kafka_topic: String,
-    /// PostgreSQL connection URL (a secret: never logged).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://chat:chat@127.0.0.1:5432/chat",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
     /// Size of the PostgreSQL connection pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
     pub database_max_connections: u32,
-    /// Redis connection URL (a secret: never logged).
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// Prefix of the Redis pub/sub channels: messages of channel C arrive on `<prefix>C`.
     #[arg(long, env = "REDIS_PREFIX", default_value = chat_core::envelope::DEFAULT_REDIS_PREFIX)]
     pub redis_prefix: String,
@@ -90,9 +76,8 @@ pub struct Settings {
     /// Seconds between SIGTERM (readiness turns 503) and closing every socket with 1001.
     #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 5)]
     pub shutdown_drain_secs: u64,
-    /// Log format: json or text.
-    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Settings {

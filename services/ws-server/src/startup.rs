@@ -1,16 +1,15 @@
 //! Wiring: build every component from [`Settings`], bind the listener, then run until a
 //! shutdown signal.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chat_core::store::Store;
-use chat_core::telemetry::{redact_url, TraceHeaders};
+use chat_core::telemetry::TraceHeaders;
+use chat_service::health;
+use chat_service::http::HttpListener;
 use poem::http::{header, HeaderValue, StatusCode};
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::web::{Data, Html};
 use poem::{get, handler, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
@@ -20,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::api::ChatApi;
-use crate::health::{self, Probes};
+use crate::health::{readyz, Probes};
 use crate::history::History;
 use crate::hub::{Hub, PubSubTask};
 use crate::metrics::Metrics;
@@ -31,8 +30,7 @@ use crate::settings::Settings;
 
 /// A built server: listener bound, clients created, nothing running yet.
 pub struct Application {
-    acceptor: TcpAcceptor,
-    local_addr: SocketAddr,
+    listener: HttpListener,
     settings: Settings,
     metrics: Metrics,
     draining: Arc<AtomicBool>,
@@ -57,13 +55,12 @@ struct WsState {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
-        let store = Store::connect_lazy(&settings.database_url, settings.database_max_connections)
-            .context("invalid DATABASE_URL")?;
-        let publisher = KafkaPublisher::new(&settings.kafka_brokers, &settings.kafka_topic)
+        let store = settings.postgres.store(settings.database_max_connections)?;
+        let publisher = KafkaPublisher::new(&settings.kafka.kafka_brokers, &settings.kafka_topic)
             .context("creating the Kafka producer")?;
         let hub_stop = CancellationToken::new();
         let (hub, pubsub) = Hub::new(
-            &settings.redis_url,
+            &settings.redis.redis_url,
             &settings.redis_prefix,
             store.clone(),
             settings.hub_options(),
@@ -71,15 +68,7 @@ impl Application {
             hub_stop.clone(),
         )
         .context("invalid REDIS_URL")?;
-        let acceptor = TcpListener::bind(settings.http_addr.to_string())
-            .into_acceptor()
-            .await
-            .with_context(|| format!("binding {}", settings.http_addr))?;
-        let local_addr = *acceptor
-            .local_addr()
-            .first()
-            .and_then(|addr| addr.as_socket_addr())
-            .context("listener has no socket address")?;
+        let listener = HttpListener::bind(settings.http_addr).await?;
         let limits = Limits {
             default_limit: settings.history_default_limit,
             max_limit: settings.history_max_limit,
@@ -103,7 +92,6 @@ impl Application {
             store: store.clone(),
             hub: hub.clone(),
             publisher: publisher.clone(),
-            metrics: metrics.clone(),
         };
         let api = ChatApi {
             history,
@@ -113,8 +101,7 @@ impl Application {
             max_limit: settings.history_max_limit,
         };
         Ok(Self {
-            acceptor,
-            local_addr,
+            listener,
             settings,
             metrics,
             draining,
@@ -129,7 +116,7 @@ impl Application {
 
     /// The bound HTTP port (useful with `HTTP_ADDR=127.0.0.1:0`).
     pub fn http_port(&self) -> u16 {
-        self.local_addr.port()
+        self.listener.local_addr().port()
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -141,16 +128,16 @@ impl Application {
     /// the server stops.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(
-            http.addr = %self.local_addr,
-            kafka.brokers = %self.settings.kafka_brokers,
+            http.addr = %self.listener.local_addr(),
+            kafka.brokers = %self.settings.kafka.kafka_brokers,
             kafka.topic = %self.settings.kafka_topic,
-            database = %redact_url(&self.settings.database_url),
-            redis = %redact_url(&self.settings.redis_url),
+            database = %self.settings.postgres.redacted(),
+            redis = %self.settings.redis.redacted(),
             "chat-ws-server started"
         );
         let pubsub = tokio::spawn(self.pubsub.run(self.hub_stop.clone()));
 
-        let server_url = format!("http://{}", self.local_addr);
+        let server_url = format!("http://{}", self.listener.local_addr());
         let api_service = OpenApiService::new(self.api, "chat-ws-server", env!("CARGO_PKG_VERSION"))
             .description("History and publishing of the chat backend. The WebSocket protocol at /ws is described in docs/PROTOCOL.md.")
             .server(server_url);
@@ -179,8 +166,11 @@ impl Application {
             .at("/", get(index))
             .at("/ws", get(ws).data(ws_state))
             .at("/healthz", get(health::healthz))
-            .at("/readyz", get(health::readyz))
-            .at("/metrics", get(health::metrics))
+            .at("/readyz", get(readyz))
+            .at(
+                "/metrics",
+                get(health::metrics(self.metrics.registry.clone())),
+            )
             .at("/openapi.json", spec)
             .at(
                 "/docs",
@@ -195,18 +185,9 @@ impl Application {
             });
 
         let http_stop = CancellationToken::new();
-        let server = {
-            let stop = http_stop.clone();
-            tokio::spawn(async move {
-                poem::Server::new_with_acceptor(self.acceptor)
-                    .run_with_graceful_shutdown(
-                        routes,
-                        stop.cancelled_owned(),
-                        Some(Duration::from_secs(2)),
-                    )
-                    .await
-            })
-        };
+        let server = self
+            .listener
+            .serve(routes, http_stop.clone(), Duration::from_secs(2));
 
         shutdown.cancelled().await;
         self.draining.store(true, Ordering::Relaxed);
@@ -227,10 +208,7 @@ impl Application {
         http_stop.cancel();
         self.hub_stop.cancel();
         let _ = pubsub.await;
-        server
-            .await
-            .context("http server task")?
-            .context("http server")?;
+        server.finished().await?;
         tracing::info!("chat-ws-server stopped");
         Ok(())
     }

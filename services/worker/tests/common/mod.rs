@@ -65,23 +65,15 @@ impl World {
     }
 
     pub fn settings(&self) -> Settings {
-        Settings {
-            kafka_brokers: self.services.kafka_brokers.clone(),
-            kafka_topic: self.topic.clone(),
-            kafka_dlq_topic: self.dlq_topic.clone(),
-            kafka_group_id: self.group.clone(),
-            kafka_fetch_queue_kbytes: 16384,
-            database_url: self.db.url.clone(),
-            database_max_connections: 4,
-            redis_url: self.services.redis_url.clone(),
-            redis_prefix: self.prefix.clone(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            batch_max_records: 500,
-            batch_linger_ms: 5,
-            pipeline_lanes: 2,
-            retry_max_backoff_ms: 500,
-            log_format: chat_core::telemetry::LogFormat::Text,
-        }
+        // The dead-letter topic is `<topic>.dlq`, as `self.dlq_topic`.
+        Settings::for_tests(
+            &self.services.kafka_brokers,
+            &self.db.url,
+            &self.services.redis_url,
+            &self.topic,
+            &self.group,
+            &self.prefix,
+        )
     }
 
     pub async fn produce(&self, records: &[TestRecord]) -> Vec<(i32, i64)> {
@@ -198,12 +190,12 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     pub fn spawn(settings: &Settings) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_chat-worker"))
-            .env("KAFKA_BROKERS", &settings.kafka_brokers)
+            .env("KAFKA_BROKERS", &settings.kafka.kafka_brokers)
             .env("KAFKA_TOPIC", &settings.kafka_topic)
             .env("KAFKA_DLQ_TOPIC", &settings.kafka_dlq_topic)
             .env("KAFKA_GROUP_ID", &settings.kafka_group_id)
-            .env("DATABASE_URL", &settings.database_url)
-            .env("REDIS_URL", &settings.redis_url)
+            .env("DATABASE_URL", &settings.postgres.database_url)
+            .env("REDIS_URL", &settings.redis.redis_url)
             .env("REDIS_PREFIX", &settings.redis_prefix)
             .env("HTTP_ADDR", "127.0.0.1:0")
             .env("BATCH_MAX_RECORDS", settings.batch_max_records.to_string())

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chat_core::store::{Store, MIGRATOR};
+use chat_service::args::{KafkaArgs, LogArgs, PostgresArgs, RedisArgs};
 use futures::{SinkExt, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -108,11 +109,17 @@ pub struct Stack {
 
 pub fn server_settings(iso: &Isolation) -> chat_ws_server::settings::Settings {
     chat_ws_server::settings::Settings {
-        kafka_brokers: kafka_brokers(),
+        kafka: KafkaArgs {
+            kafka_brokers: kafka_brokers(),
+        },
         kafka_topic: iso.topic.clone(),
-        database_url: iso.database_url.clone(),
+        postgres: PostgresArgs {
+            database_url: iso.database_url.clone(),
+        },
         database_max_connections: 8,
-        redis_url: redis_url(),
+        redis: RedisArgs {
+            redis_url: redis_url(),
+        },
         redis_prefix: iso.redis_prefix.clone(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         history_default_limit: 50,
@@ -126,7 +133,9 @@ pub fn server_settings(iso: &Isolation) -> chat_ws_server::settings::Settings {
         ws_ping_interval_secs: 20,
         ws_idle_timeout_secs: 60,
         shutdown_drain_secs: 0,
-        log_format: chat_core::telemetry::LogFormat::Text,
+        log: LogArgs {
+            log_format: chat_core::telemetry::LogFormat::Text,
+        },
     }
 }
 
@@ -145,23 +154,15 @@ impl Stack {
             ));
         }
         let iso = Isolation::create().await;
-        let worker_settings = chat_worker::settings::Settings {
-            kafka_brokers: kafka_brokers(),
-            kafka_topic: iso.topic.clone(),
-            kafka_dlq_topic: format!("{}.dlq", iso.topic),
-            kafka_group_id: format!("test-ws-{}", iso.id),
-            kafka_fetch_queue_kbytes: 16384,
-            database_url: iso.database_url.clone(),
-            database_max_connections: 4,
-            redis_url: redis_url(),
-            redis_prefix: iso.redis_prefix.clone(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            batch_max_records: 500,
-            batch_linger_ms: 5,
-            pipeline_lanes: 2,
-            retry_max_backoff_ms: 1000,
-            log_format: chat_core::telemetry::LogFormat::Text,
-        };
+        let mut worker_settings = chat_worker::settings::Settings::for_tests(
+            &kafka_brokers(),
+            &iso.database_url,
+            &redis_url(),
+            &iso.topic,
+            &format!("test-ws-{}", iso.id),
+            &iso.redis_prefix,
+        );
+        worker_settings.retry_max_backoff_ms = 1000;
         let worker = chat_worker::startup::Application::build(worker_settings)
             .await
             .expect("worker builds");
