@@ -7,50 +7,34 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chat_core::store::{Store, MIGRATOR};
+use chat_core::store::Store;
 use chat_service::args::{KafkaArgs, LogArgs, PostgresArgs, RedisArgs};
+use chat_testkit::{Services, TestDatabase};
 use futures::{SinkExt, StreamExt};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use sqlx::Connection;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// Upper bound for waiting on anything, so a broken test fails instead of hanging. Never an
 /// assertion on speed.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-pub fn admin_database_url() -> String {
-    env_or("DATABASE_URL", "postgres://chat:chat@127.0.0.1:5432/chat")
-}
 pub fn redis_url() -> String {
-    env_or("REDIS_URL", "redis://127.0.0.1:6379")
+    Services::from_env().redis_url
 }
 pub fn kafka_brokers() -> String {
-    env_or("KAFKA_BROKERS", "127.0.0.1:9092")
+    Services::from_env().kafka_brokers
 }
 
-/// Replaces the database name of a PostgreSQL URL.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, _) = url.rsplit_once('/').expect("a database url has a path");
-    format!("{base}/{database}")
-}
-
-/// Isolated dependencies of one test.
+/// Isolated dependencies of one test, from chat-testkit: its own database, topic and prefix.
 pub struct Isolation {
     pub id: String,
+    pub db: TestDatabase,
     pub database_url: String,
-    pub database_name: String,
     pub topic: String,
     pub redis_prefix: String,
     pub store: Store,
@@ -58,42 +42,25 @@ pub struct Isolation {
 
 impl Isolation {
     pub async fn create() -> Self {
-        let id = Uuid::new_v4().simple().to_string();
-        let database_name = format!("test_{id}");
-        let mut admin = sqlx::PgConnection::connect(&admin_database_url())
-            .await
-            .expect("postgresql reachable");
-        sqlx::query(&format!("create database {database_name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create database");
-        let database_url = with_database(&admin_database_url(), &database_name);
-        let store = Store::connect_lazy(&database_url, 4).unwrap();
-        MIGRATOR.run(store.pool()).await.expect("migrations");
-
+        let db = TestDatabase::create(&Services::from_env()).await;
+        let id = db.name.clone();
         let topic = format!("test.ws.{id}");
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
-            .create()
-            .expect("admin client");
-        let results = admin
-            .create_topics(
-                &[NewTopic::new(&topic, 4, TopicReplication::Fixed(1))],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await
-            .expect("create topic");
-        for result in results {
-            result.expect("topic created");
-        }
+        chat_testkit::kafka::create_topic(&kafka_brokers(), &topic, 4).await;
         Self {
             redis_prefix: format!("test:{id}:"),
+            database_url: db.url.clone(),
+            store: Store::from_pool(db.pool.clone()),
+            db,
             id,
-            database_url,
-            database_name,
             topic,
-            store,
         }
+    }
+
+    /// Drops the database and deletes the topics (a failing test keeps them for a look).
+    pub async fn finish(self) {
+        let dlq = format!("{}.dlq", self.topic);
+        chat_testkit::kafka::delete_topics(&kafka_brokers(), &[&self.topic, &dlq]).await;
+        self.db.drop_database().await;
     }
 }
 
@@ -283,20 +250,12 @@ impl Stack {
             .sum()
     }
 
-    /// Stops both services and drops the test database.
+    /// Stops both services and drops the test database and topics.
     pub async fn finish(self) {
         self.server_stop.cancel();
         self.worker_stop.cancel();
         let _ = tokio::time::timeout(PATIENCE, self.server).await;
-        self.iso.store.pool().close().await;
-        if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_database_url()).await {
-            let _ = sqlx::query(&format!(
-                "drop database if exists {} with (force)",
-                self.iso.database_name
-            ))
-            .execute(&mut admin)
-            .await;
-        }
+        self.iso.finish().await;
     }
 }
 

@@ -380,4 +380,5 @@ async fn one_trace_links_the_publish_the_worker_and_the_delivery() {
     let batch = find(&spans, "chat-worker", "chat.consume");
     assert!(!batch.is_empty(), "a chat.consume span: {spans:#?}");
     let _ = std::fs::remove_dir_all(&scratch);
+    iso.finish().await;
 }
