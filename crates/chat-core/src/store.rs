@@ -224,14 +224,8 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<StoredMessage>, sqlx::Error> {
-        sqlx::query_as(&format!(
-            "select {COLUMNS} from messages where channel = $1 and seq > $2 order by seq limit $3"
-        ))
-        .bind(channel.as_str())
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
+        self.range("seq > $2 order by seq", channel, after, limit)
+            .await
     }
 
     /// Up to `limit` messages with `seq < before`, newest first.
@@ -241,11 +235,23 @@ impl Store {
         before: i64,
         limit: i64,
     ) -> Result<Vec<StoredMessage>, sqlx::Error> {
+        self.range("seq < $2 order by seq desc", channel, before, limit)
+            .await
+    }
+
+    /// A keyset page of a channel: `order` compares `seq` with the cursor (`$2`) and orders.
+    async fn range(
+        &self,
+        order: &str,
+        channel: &ChannelName,
+        cursor: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, sqlx::Error> {
         sqlx::query_as(&format!(
-            "select {COLUMNS} from messages where channel = $1 and seq < $2 order by seq desc limit $3"
+            "select {COLUMNS} from messages where channel = $1 and {order} limit $3"
         ))
         .bind(channel.as_str())
-        .bind(before)
+        .bind(cursor)
         .bind(limit)
         .fetch_all(&self.pool)
         .await

@@ -1,14 +1,14 @@
 use clap::Parser;
 
 use chat_core::{shutdown, telemetry};
-use chat_ws_server::settings::Cli;
+use chat_ws_server::settings::Settings;
 use chat_ws_server::startup::Application;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let telemetry = telemetry::init("chat-ws-server", cli.settings.log.log_format);
-    let result = match Application::build(cli.settings).await {
+    let settings = Settings::parse();
+    let telemetry = telemetry::init("chat-ws-server", settings.log.log_format);
+    let result = match Application::build(settings).await {
         Ok(app) => app.run_until_stopped(shutdown::on_signals()).await,
         Err(err) => Err(err),
     };

@@ -9,18 +9,13 @@ use clap::Parser;
 
 use crate::hub::HubOptions;
 
-#[derive(Debug, Parser)]
+/// The command line of `chat-ws-server`: every setting, each also an environment variable.
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "chat-ws-server",
     version,
     about = "WebSocket and REST front of the chat backend: history + live messages, publishing"
 )]
-pub struct Cli {
-    #[command(flatten)]
-    pub settings: Settings,
-}
-
-#[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     #[command(flatten)]
     pub kafka: KafkaArgs,
