@@ -15,6 +15,7 @@
 //! - [`publish`]: the Kafka producer behind the `publish` command and `POST`.
 //! - [`api`]: the REST API (poem-openapi): history pages and publishing.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`observe`]: per-request span, metrics and `Allow` header of both HTTP listeners.
 //! - [`metrics`]: the Prometheus registry of one application.
 //! - [`error`]: the JSON problem body of the HTTP API.
 
@@ -24,6 +25,7 @@ pub mod health;
 pub mod history;
 pub mod hub;
 pub mod metrics;
+pub mod observe;
 pub mod outbox;
 pub mod protocol;
 pub mod publish;

@@ -32,9 +32,13 @@ pub struct Settings {
     /// Prefix of the Redis pub/sub channels: messages of channel C arrive on `<prefix>C`.
     #[arg(long, env = "REDIS_PREFIX", default_value = chat_core::envelope::DEFAULT_REDIS_PREFIX)]
     pub redis_prefix: String,
-    /// Address of the HTTP server (WebSocket, REST, health, metrics).
+    /// Address of the public HTTP server: the page, WebSocket, REST, `/docs`, `/openapi.json`.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// Address of the internal HTTP server: `/healthz`, `/readyz`, `/metrics` (probes and
+    /// scrapers; never exposed through the public Service or Ingress).
+    #[arg(long, env = "INTERNAL_HTTP_ADDR", default_value = "0.0.0.0:8082")]
+    pub internal_http_addr: SocketAddr,
     /// Messages returned when a subscribe or a REST read gives no limit.
     #[arg(long, env = "HISTORY_DEFAULT_LIMIT", default_value_t = 50)]
     pub history_default_limit: i64,

@@ -3,26 +3,24 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use chat_core::telemetry::TraceHeaders;
 use chat_service::health;
 use chat_service::http::HttpListener;
-use poem::http::{header, HeaderValue, StatusCode};
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::web::{Data, Html};
-use poem::{get, handler, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem::{get, handler, EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::api::ChatApi;
 use crate::health::{readyz, Probes};
 use crate::history::History;
 use crate::hub::{Hub, PubSubTask};
 use crate::metrics::Metrics;
+use crate::observe::observed;
 use crate::protocol::Limits;
 use crate::publish::KafkaPublisher;
 use crate::session::{self, SessionContext};
@@ -31,6 +29,7 @@ use crate::settings::Settings;
 /// A built server: listener bound, clients created, nothing running yet.
 pub struct Application {
     listener: HttpListener,
+    internal: HttpListener,
     settings: Settings,
     metrics: Metrics,
     draining: Arc<AtomicBool>,
@@ -69,6 +68,7 @@ impl Application {
         )
         .context("invalid REDIS_URL")?;
         let listener = HttpListener::bind(settings.http_addr).await?;
+        let internal = HttpListener::bind(settings.internal_http_addr).await?;
         let limits = Limits {
             default_limit: settings.history_default_limit,
             max_limit: settings.history_max_limit,
@@ -102,6 +102,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            internal,
             settings,
             metrics,
             draining,
@@ -114,9 +115,14 @@ impl Application {
         })
     }
 
-    /// The bound HTTP port (useful with `HTTP_ADDR=127.0.0.1:0`).
+    /// The bound public HTTP port (useful with `HTTP_ADDR=127.0.0.1:0`).
     pub fn http_port(&self) -> u16 {
         self.listener.local_addr().port()
+    }
+
+    /// The bound internal HTTP port: `/healthz`, `/readyz`, `/metrics`.
+    pub fn internal_port(&self) -> u16 {
+        self.internal.local_addr().port()
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -129,6 +135,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(
             http.addr = %self.listener.local_addr(),
+            http.internal_addr = %self.internal.local_addr(),
             kafka.brokers = %self.settings.kafka.kafka_brokers,
             kafka.topic = %self.settings.kafka_topic,
             database = %self.settings.postgres.redacted(),
@@ -165,29 +172,29 @@ impl Application {
         let routes = Route::new()
             .at("/", get(index))
             .at("/ws", get(ws).data(ws_state))
+            .at("/openapi.json", spec)
+            .at(
+                "/docs",
+                get(poem::endpoint::make_sync(move |_| Html(docs_html.clone()))),
+            )
+            .nest_no_strip("/channels", api_service);
+        let internal_routes = Route::new()
             .at("/healthz", get(health::healthz))
             .at("/readyz", get(readyz))
             .at(
                 "/metrics",
                 get(health::metrics(self.metrics.registry.clone())),
             )
-            .at("/openapi.json", spec)
-            .at(
-                "/docs",
-                get(poem::endpoint::make_sync(move |_| Html(docs_html.clone()))),
-            )
-            .nest_no_strip("/channels", api_service)
-            .data(self.probes.clone())
-            .catch_all_error(crate::error::render)
-            .around(move |endpoint, request| {
-                let metrics = metrics.clone();
-                async move { observe(endpoint, request, metrics).await }
-            });
+            .data(self.probes.clone());
 
         let http_stop = CancellationToken::new();
-        let server = self
-            .listener
-            .serve(routes, http_stop.clone(), Duration::from_secs(2));
+        let grace = Duration::from_secs(2);
+        let server =
+            self.listener
+                .serve(observed(routes, metrics.clone()), http_stop.clone(), grace);
+        let internal =
+            self.internal
+                .serve(observed(internal_routes, metrics), http_stop.clone(), grace);
 
         shutdown.cancelled().await;
         self.draining.store(true, Ordering::Relaxed);
@@ -209,6 +216,7 @@ impl Application {
         self.hub_stop.cancel();
         let _ = pubsub.await;
         server.finished().await?;
+        internal.finished().await?;
         tracing::info!("chat-ws-server stopped");
         Ok(())
     }
@@ -242,91 +250,4 @@ fn ws(websocket: WebSocket, Data(state): Data<&Arc<WsState>>) -> Response {
 #[handler]
 fn index() -> Html<&'static str> {
     Html(include_str!("index.html"))
-}
-
-/// Counts HTTP requests by route template (never the raw path: bounded cardinality) and status.
-async fn observe<E: Endpoint>(
-    endpoint: E,
-    request: Request,
-    metrics: Metrics,
-) -> poem::Result<Response> {
-    let route = route_of(request.uri().path());
-    let started = Instant::now();
-    let span = http_span(&request, route);
-    let mut response = match endpoint.call(request).instrument(span.clone()).await {
-        Ok(response) => response.into_response(),
-        Err(err) => crate::error::render(err).await,
-    };
-    span.record("http.response.status_code", response.status().as_u16());
-    if response.status().is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
-    // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
-    if response.status() == StatusCode::METHOD_NOT_ALLOWED
-        && !response.headers().contains_key(header::ALLOW)
-    {
-        let allow = match route {
-            "/channels/{channel}/messages" => "GET, POST",
-            _ => "GET, HEAD",
-        };
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
-    }
-    metrics
-        .http_requests
-        .with_label_values(&[route, response.status().as_str()])
-        .inc();
-    metrics
-        .http_request_duration
-        .with_label_values(&[route])
-        .observe(started.elapsed().as_secs_f64());
-    Ok(response)
-}
-
-/// A server span per API request (`GET /channels/{channel}/messages`, …), continuing the
-/// caller's trace when the request carries `traceparent` (and `tracestate`) headers. Probes, metrics, docs and the
-/// page get none: they would only flood the traces.
-fn http_span(request: &Request, route: &'static str) -> tracing::Span {
-    if matches!(
-        route,
-        "/healthz" | "/readyz" | "/metrics" | "/" | "/docs" | "/openapi.json"
-    ) {
-        return tracing::Span::none();
-    }
-    let method = request.method().as_str();
-    let span = tracing::info_span!(
-        parent: None,
-        "http.request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = method,
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-    );
-    let headers = TraceHeaders::from_lookup(|name| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-    });
-    chat_core::telemetry::set_remote_parent(&span, &headers);
-    span
-}
-
-fn route_of(path: &str) -> &'static str {
-    match path {
-        "/" => "/",
-        "/ws" => "/ws",
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
-        "/openapi.json" => "/openapi.json",
-        p if p.starts_with("/docs") => "/docs",
-        p if p.starts_with("/channels/") && p.ends_with("/messages") => {
-            "/channels/{channel}/messages"
-        }
-        _ => "other",
-    }
 }

@@ -251,7 +251,7 @@ async fn graceful_shutdown_turns_readiness_off_then_closes_clients_with_1001() {
         .subscribe(json!({"command": "subscribe", "channel": "bye"}))
         .await;
     stack.server_stop.cancel();
-    let ready = reqwest::get(stack.http("/readyz")).await.unwrap();
+    let ready = reqwest::get(stack.internal("/readyz")).await.unwrap();
     assert_eq!(ready.status().as_u16(), 503);
     assert!(
         tokio_tungstenite::connect_async(format!("ws://{}/ws", stack.ws_addr))

@@ -245,11 +245,20 @@ async fn every_bad_rest_request_gets_a_4xx_json_problem_never_a_5xx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_metrics_spec_docs_and_index_are_served() {
+async fn probes_and_metrics_are_served_only_on_the_internal_port_spec_docs_and_index_on_the_public_one(
+) {
     let stack = Stack::start().await;
-    let (status, body) = get_json(&stack.http("/healthz")).await;
+    for internal_only in ["/healthz", "/readyz", "/metrics"] {
+        let response = reqwest::get(stack.http(internal_only)).await.unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            404,
+            "{internal_only} is not served on the public port"
+        );
+    }
+    let (status, body) = get_json(&stack.internal("/healthz")).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
-    let (status, body) = get_json(&stack.http("/readyz")).await;
+    let (status, body) = get_json(&stack.internal("/readyz")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["checks"]["postgresql"], "ok");
     assert_eq!(body["checks"]["redis"], "ok");
@@ -272,7 +281,7 @@ async fn health_metrics_spec_docs_and_index_are_served() {
     assert!(index.text().await.unwrap().contains("<html"));
 
     let _ = get_json(&stack.http("/channels/c/messages")).await;
-    let metrics = reqwest::get(stack.http("/metrics"))
+    let metrics = reqwest::get(stack.internal("/metrics"))
         .await
         .unwrap()
         .text()

@@ -68,6 +68,8 @@ impl Isolation {
 pub struct Stack {
     pub iso: Isolation,
     pub ws_addr: SocketAddr,
+    /// The internal listener: `/healthz`, `/readyz`, `/metrics`.
+    pub internal_addr: SocketAddr,
     pub worker_stop: CancellationToken,
     pub server_stop: CancellationToken,
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -89,6 +91,7 @@ pub fn server_settings(iso: &Isolation) -> chat_ws_server::settings::Settings {
         },
         redis_prefix: iso.redis_prefix.clone(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        internal_http_addr: "127.0.0.1:0".parse().unwrap(),
         history_default_limit: 50,
         history_max_limit: 1000,
         history_cache_messages: 100,
@@ -141,7 +144,8 @@ impl Stack {
         let server = chat_ws_server::startup::Application::build(settings)
             .await
             .expect("ws-server builds");
-        let ws_addr: SocketAddr = format!("127.0.0.1:{}", server.http_port()).parse().unwrap();
+        let ws_addr = SocketAddr::from(([127, 0, 0, 1], server.http_port()));
+        let internal_addr = SocketAddr::from(([127, 0, 0, 1], server.internal_port()));
         let server_stop = CancellationToken::new();
         let server = tokio::spawn(server.run_until_stopped(server_stop.clone()));
 
@@ -154,6 +158,7 @@ impl Stack {
         let stack = Self {
             iso,
             ws_addr,
+            internal_addr,
             worker_stop,
             server_stop,
             server,
@@ -167,11 +172,16 @@ impl Stack {
         format!("http://{}{}", self.ws_addr, path)
     }
 
+    /// A URL on the internal listener (`/healthz`, `/readyz`, `/metrics`).
+    pub fn internal(&self, path: &str) -> String {
+        format!("http://{}{}", self.internal_addr, path)
+    }
+
     async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            if let Ok(response) = client.get(self.http("/readyz")).send().await {
+            if let Ok(response) = client.get(self.internal("/readyz")).send().await {
                 if response.status().is_success() {
                     return;
                 }
@@ -238,7 +248,7 @@ impl Stack {
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
-        let body = reqwest::get(self.http("/metrics"))
+        let body = reqwest::get(self.internal("/metrics"))
             .await
             .unwrap()
             .text()

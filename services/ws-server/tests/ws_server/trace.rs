@@ -269,11 +269,16 @@ async fn one_trace_links_the_publish_the_worker_and_the_delivery() {
     };
 
     let server_port = free_port();
+    let server_internal_port = free_port();
     let mut server_command = Command::new(env!("CARGO_BIN_EXE_chat-ws-server"));
     common(&mut server_command);
     server_command
         .env("OTEL_SERVICE_NAME", "chat-ws-server")
         .env("HTTP_ADDR", format!("127.0.0.1:{server_port}"))
+        .env(
+            "INTERNAL_HTTP_ADDR",
+            format!("127.0.0.1:{server_internal_port}"),
+        )
         .env("SHUTDOWN_DRAIN_SECS", "0");
     let mut server = Proc {
         name: "chat-ws-server",
@@ -286,7 +291,7 @@ async fn one_trace_links_the_publish_the_worker_and_the_delivery() {
     )
     .await;
     wait_ready(
-        &format!("http://127.0.0.1:{server_port}/readyz"),
+        &format!("http://127.0.0.1:{server_internal_port}/readyz"),
         "chat-ws-server",
         PATIENCE,
     )
