@@ -77,7 +77,8 @@ COPY --from=builder /out/chat-worker /out/chat-ws-server /usr/local/bin/
 
 USER 10001:10001
 WORKDIR /tmp
-# 8080: chat-ws-server (page, /ws, REST, /docs, /metrics); 8081: chat-worker (/healthz, /readyz,
-# /metrics). Each binary listens on HTTP_ADDR, by default 0.0.0.0 on its own port.
-EXPOSE 8080 8081
+# 8080: chat-ws-server (page, /ws, REST, /docs); 8082: chat-ws-server internal (/healthz, /readyz,
+# /metrics; INTERNAL_HTTP_ADDR); 8081: chat-worker (/healthz, /readyz, /metrics). Each binary
+# listens on HTTP_ADDR, by default 0.0.0.0 on its own port.
+EXPOSE 8080 8081 8082
 CMD ["chat-ws-server"]

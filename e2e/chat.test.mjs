@@ -27,6 +27,11 @@ const env = (name) => {
 const BIN = env("WS_SERVER_BIN");
 const PORT_A = Number(env("E2E_PORT_A"));
 const PORT_B = Number(env("E2E_PORT_B"));
+// The internal listener of each server (/readyz).
+const INTERNAL = new Map([
+  [PORT_A, Number(env("E2E_INTERNAL_PORT_A"))],
+  [PORT_B, Number(env("E2E_INTERNAL_PORT_B"))],
+]);
 const LOGS = process.env.E2E_LOG_DIR || fs.mkdtempSync("/tmp/chat-e2e-");
 const A = `http://127.0.0.1:${PORT_A}`;
 const B = `http://127.0.0.1:${PORT_B}`;
@@ -42,7 +47,11 @@ let starts = 0;
 async function startServer(port) {
   const log = fs.openSync(path.join(LOGS, `ws-server-${port}-${++starts}.log`), "a");
   const child = spawn(BIN, [], {
-    env: { ...process.env, HTTP_ADDR: `127.0.0.1:${port}` },
+    env: {
+      ...process.env,
+      HTTP_ADDR: `127.0.0.1:${port}`,
+      INTERNAL_HTTP_ADDR: `127.0.0.1:${INTERNAL.get(port)}`,
+    },
     stdio: ["ignore", log, log],
   });
   fs.closeSync(log);
@@ -51,7 +60,7 @@ async function startServer(port) {
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`chat-ws-server on ${port} exited (${child.exitCode}); see ${LOGS}`);
     try {
-      const res = await fetch(`http://127.0.0.1:${port}/readyz`);
+      const res = await fetch(`http://127.0.0.1:${INTERNAL.get(port)}/readyz`);
       if (res.ok) return child;
     } catch { /* not listening yet */ }
     await sleep(100);

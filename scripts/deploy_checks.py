@@ -142,11 +142,14 @@ class CodeContract:
         self.routes = set(re.findall(r'\.at\(\s*"(/[^"]*)"', service_code))
         self.routes |= set(re.findall(r'\bpath\s*=\s*"(/[^"]*)"', service_code))
         self.port = None
+        # The internal listener (/healthz, /readyz, /metrics), when the service has one.
+        self.internal_port = None
         for attr in re.findall(r"#\[arg\((?:[^()]|\([^()]*\))*\)\]", code, re.S):
-            if re.search(r'env\s*=\s*"HTTP_ADDR"', attr):
-                m = re.search(r'default_value\s*=\s*"[^"]*:(\d+)"', attr)
-                if m:
-                    self.port = int(m.group(1))
+            for var, field in (("HTTP_ADDR", "port"), ("INTERNAL_HTTP_ADDR", "internal_port")):
+                if re.search(rf'env\s*=\s*"{var}"', attr):
+                    m = re.search(r'default_value\s*=\s*"[^"]*:(\d+)"', attr)
+                    if m:
+                        setattr(self, field, int(m.group(1)))
 
     def describe(self) -> str:
         where = f"{self.dir.relative_to(ROOT)}/src" if self.from_code else "the documented contract (no code yet)"
@@ -328,6 +331,17 @@ def cmd_chart(args) -> int:
         env = _container_env(main, configmaps, rep, where)
         addr = env.get("HTTP_ADDR", "")
         rep.check(addr.endswith(f":{http}"), f"{where}: HTTP_ADDR {addr!r} listens on container port {http}")
+        # Probes go to the internal listener where the service has one, else to the http port.
+        probe_port = http
+        if c.internal_port is not None:
+            probe_port = _resolve_port("internal", main)
+            if rep.check(probe_port is not None, f"{where}: declares container port 'internal'"):
+                iaddr = env.get("INTERNAL_HTTP_ADDR", "")
+                rep.check(iaddr.endswith(f":{probe_port}"),
+                          f"{where}: INTERNAL_HTTP_ADDR {iaddr!r} listens on container port {probe_port}")
+                if args.defaults:
+                    rep.check(probe_port == c.internal_port,
+                              f"{where}: default internal port {probe_port} == the code's INTERNAL_HTTP_ADDR default {c.internal_port}")
         unknown = sorted(set(env) - c.env)
         rep.check(not unknown, f"{where}: every env var is one the code reads" + (f" (unknown: {unknown})" if unknown else f" ({len(env)})"))
         for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
@@ -335,8 +349,8 @@ def cmd_chart(args) -> int:
             if not rep.check(bool(p and p.get("httpGet")), f"{where}: {probe} is an httpGet probe"):
                 continue
             got_path, got_port = p["httpGet"].get("path"), _resolve_port(p["httpGet"].get("port"), main)
-            rep.check(got_path == path and got_port == http,
-                      f"{where}: {probe} GET {got_path} on port {got_port} (want {path} on {http})")
+            rep.check(got_path == path and got_port == probe_port,
+                      f"{where}: {probe} GET {got_path} on port {got_port} (want {path} on {probe_port})")
             rep.check(got_path in c.routes, f"{where}: {probe} path {got_path} is served by the code")
         sc = main.get("securityContext", {})
         psc = spec.get("securityContext", {})
@@ -355,15 +369,21 @@ def cmd_chart(args) -> int:
         stop = int(env.get("SHUTDOWN_DRAIN_SECS", 0)) if app == "chat-ws-server" else WORKER_STOP_SECS
         grace = spec.get("terminationGracePeriodSeconds", 30)
         rep.check(grace > sleep + stop, f"{name}: terminationGracePeriodSeconds {grace} > preStop {sleep} s + shutdown {stop} s")
-        # A Service selects these pods and targets the http port.
+        # One Service selects these pods on the http port (the public one); where the service
+        # has an internal listener, a second one targets only that port, and no Service mixes
+        # the two (the public Service and the Ingress never expose probes and metrics).
         labels = pod["metadata"]["labels"]
         svcs = [s for s in services if _labels_match(s["spec"].get("selector", {}), labels)]
-        if rep.check(len(svcs) == 1, f"{name}: exactly one Service selects its pods ({[s['metadata']['name'] for s in svcs]})"):
-            svc = svcs[0]
-            rep.check(svc["metadata"]["labels"].get("app.kubernetes.io/name") == app, f"Service {svc['metadata']['name']}: app.kubernetes.io/name {app}")
-            for sp in svc["spec"]["ports"]:
-                tp = _resolve_port(sp.get("targetPort", sp["port"]), main)
-                rep.check(tp == http, f"Service {svc['metadata']['name']}: port {sp['port']} targets container port {tp} (want {http})")
+        want = 1 if c.internal_port is None else 2
+        if rep.check(len(svcs) == want, f"{name}: {want} Service(s) select its pods ({[s['metadata']['name'] for s in svcs]})"):
+            targeted = []
+            for svc in svcs:
+                rep.check(svc["metadata"]["labels"].get("app.kubernetes.io/name") == app, f"Service {svc['metadata']['name']}: app.kubernetes.io/name {app}")
+                ports = {_resolve_port(sp.get("targetPort", sp["port"]), main) for sp in svc["spec"]["ports"]}
+                rep.check(ports in ({http}, {probe_port}),
+                          f"Service {svc['metadata']['name']}: targets container port(s) {sorted(ports)} (only {http}, or only the internal {probe_port})")
+                targeted.append(frozenset(ports))
+            rep.check(frozenset({http}) in targeted, f"{name}: a Service targets the http port {http}")
 
     rep.check(seen == set(BINARIES), f"both Deployments rendered ({sorted(seen)})")
 
@@ -465,6 +485,10 @@ def cmd_compose(args) -> int:
             continue
         addr = env.get("HTTP_ADDR", f"0.0.0.0:{c.port}")
         port = int(addr.rsplit(":", 1)[1])
+        health_port = port
+        if c.internal_port is not None:
+            iaddr = env.get("INTERNAL_HTTP_ADDR", f"0.0.0.0:{c.internal_port}")
+            health_port = int(iaddr.rsplit(":", 1)[1])
         targets = set()
         for p in svc.get("ports", []):
             s = str(p["target"] if isinstance(p, dict) else p).split("/")[0]
@@ -472,7 +496,7 @@ def cmd_compose(args) -> int:
         rep.check(targets == {port}, f"{name}: published container port(s) {sorted(targets)} == HTTP_ADDR port {port}")
         test = " ".join(map(str, (svc.get("healthcheck") or {}).get("test", [])))
         m = re.search(r"https?://[^:/\s]+:(\d+)(/\S*)", test)
-        rep.check(bool(m) and int(m.group(1)) == port and m.group(2) in c.routes and m.group(2) in ("/readyz", "/healthz"),
+        rep.check(bool(m) and int(m.group(1)) == health_port and m.group(2) in c.routes and m.group(2) in ("/readyz", "/healthz"),
                   f"{name}: healthcheck GETs {m.group(2) if m else '?'} on port {m.group(1) if m else '?'}, served by the code")
     return rep.done()
 

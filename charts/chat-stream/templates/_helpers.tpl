@@ -145,6 +145,7 @@ OTEL_SERVICE_NAME: {{ .Values.worker.config.otelServiceName | quote }}
 {{ include "chat-stream.sharedConfig" . }}
 DATABASE_MAX_CONNECTIONS: {{ .Values.wsServer.config.databaseMaxConnections | quote }}
 HTTP_ADDR: {{ printf "0.0.0.0:%v" .Values.wsServer.port | quote }}
+INTERNAL_HTTP_ADDR: {{ printf "0.0.0.0:%v" .Values.wsServer.internalPort | quote }}
 HISTORY_DEFAULT_LIMIT: {{ .Values.wsServer.config.historyDefaultLimit | quote }}
 HISTORY_MAX_LIMIT: {{ .Values.wsServer.config.historyMaxLimit | quote }}
 HISTORY_CACHE_MESSAGES: {{ .Values.wsServer.config.historyCacheMessages | quote }}
