@@ -84,23 +84,13 @@ impl JwksServer {
 }
 
 fn jwk(kid: &str, alg: Algorithm) -> Jwk {
-    let key = match alg {
-        Algorithm::RS256 => rsa_key(),
-        Algorithm::ES256 => ec_key(),
-        _ => ed_key(),
-    };
-    let mut jwk = Jwk::from_encoding_key(&key, alg).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&private_key(alg), alg).unwrap();
     jwk.common.key_id = Some(kid.to_owned());
     jwk
 }
 
 fn token(kid: Option<&str>, alg: Algorithm) -> String {
-    let key = match alg {
-        Algorithm::RS256 => rsa_key(),
-        Algorithm::ES256 => ec_key(),
-        _ => ed_key(),
-    };
-    sign(alg, &key, kid, &claims(json!({})))
+    sign(alg, &private_key(alg), kid, &claims(json!({})))
 }
 
 const LONG: Duration = Duration::from_secs(600);
@@ -227,9 +217,9 @@ async fn a_kid_pins_its_key_algorithm() {
     let server = JwksServer::start(&[jwk("rsa-1", Algorithm::RS256)]).await;
     let verifier = server.verifier(LONG, Duration::from_millis(10));
     // The RSA public key's PEM as an HMAC secret, under the RSA key's kid.
-    let attack = sign(
+    let attack = hmac(
         Algorithm::HS256,
-        &jsonwebtoken::EncodingKey::from_secret(RSA_PUBLIC.as_bytes()).unwrap(),
+        RSA_PUBLIC.as_bytes(),
         Some("rsa-1"),
         &claims(json!({})),
     );
@@ -244,9 +234,9 @@ async fn symmetric_keys_in_a_jwks_are_ignored() {
     .unwrap();
     let server = JwksServer::start(&[oct]).await;
     let verifier = server.verifier(LONG, Duration::from_millis(10));
-    let hs = sign(
+    let hs = hmac(
         Algorithm::HS256,
-        &jsonwebtoken::EncodingKey::from_secret(b"test-only-shared-secret").unwrap(),
+        b"test-only-shared-secret",
         Some("hs-1"),
         &claims(json!({})),
     );

@@ -42,12 +42,12 @@ pub(super) fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims:
 }
 
 pub(super) fn hs256(claims: &Value) -> String {
-    sign(
-        Algorithm::HS256,
-        &EncodingKey::from_secret(SECRET).unwrap(),
-        None,
-        claims,
-    )
+    hmac(Algorithm::HS256, SECRET, None, claims)
+}
+
+/// A token signed with `secret` as an HMAC key under `alg` (HS256, HS384).
+pub(super) fn hmac(alg: Algorithm, secret: &[u8], kid: Option<&str>, claims: &Value) -> String {
+    sign(alg, &EncodingKey::from_secret(secret).unwrap(), kid, claims)
 }
 
 pub(super) fn rsa_key() -> EncodingKey {
@@ -60,6 +60,15 @@ pub(super) fn ec_key() -> EncodingKey {
 
 pub(super) fn ed_key() -> EncodingKey {
     EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap()
+}
+
+/// The test-only private key for `alg`: RS256, ES256, else Ed25519.
+pub(super) fn private_key(alg: Algorithm) -> EncodingKey {
+    match alg {
+        Algorithm::RS256 => rsa_key(),
+        Algorithm::ES256 => ec_key(),
+        _ => ed_key(),
+    }
 }
 
 pub(super) fn secret_config() -> AuthConfig {
