@@ -18,8 +18,11 @@
 //! - [`observe`]: per-request span, metrics and `Allow` header of both HTTP listeners.
 //! - [`metrics`]: the Prometheus registry of one application.
 //! - [`error`]: the JSON problem body of the HTTP API.
+//! - [`auth`]: the identity core (not wired in yet): JWT verification (secret, PEM, JWKS) to an
+//!   identity with an author name and rights per channel.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod health;
 pub mod history;
