@@ -4,11 +4,10 @@
 use std::borrow::Cow;
 
 use chat_core::channel::{ChannelName, MAX_CHANNEL_LEN};
-use chat_core::message::{
-    validate_author, validate_text, MessageId, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS,
-};
+use chat_core::message::{validate_text, MessageId, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS};
 use chrono::{DateTime, Utc};
-use poem::IntoResponse;
+use poem::http::header;
+use poem::{IntoResponse, Request};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{Json, Payload};
 use poem_openapi::registry::{MetaSchemaRef, Registry};
@@ -18,10 +17,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::auth::gate::{bearer, Gate, Principal};
+use crate::auth::Right;
 use crate::error::ErrorBody;
 use crate::history::{Cursor, History};
 use crate::metrics::Metrics;
-use crate::publish::{KafkaPublisher, Publication};
+use crate::publish::{Draft, KafkaPublisher};
 use crate::recent::{JsonList, Shared};
 
 #[derive(Tags)]
@@ -100,8 +101,9 @@ struct PageBody<'a> {
 /// A message to publish.
 #[derive(Debug, Clone, Object)]
 pub struct PublishRequest {
-    /// 1 to 64 characters, no control characters.
-    pub author: JsonString,
+    /// 1 to 64 characters, no control characters. Required with `AUTH_MODE=anonymous`; with
+    /// tokens, the author is the token's `name` (else `sub`) and this field is ignored.
+    pub author: Option<JsonString>,
     /// 1 to 4000 characters, none of them U+0000 (NUL), which PostgreSQL cannot store.
     pub text: JsonString,
 }
@@ -166,7 +168,14 @@ pub enum HistoryResponse {
     /// `bad_request`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// PostgreSQL is unavailable (`unavailable`).
+    /// No valid bearer token (`missing_token`, `invalid_token`, `token_expired`, …).
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
+    /// The token has no `read` right on this channel (`forbidden`).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// PostgreSQL, or the token signing keys, are unavailable (`unavailable`,
+    /// `keys_unavailable`).
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
 }
@@ -185,9 +194,50 @@ pub enum PublishResponse {
     /// `invalid_idempotency_key`, `bad_request`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// Kafka did not acknowledge the message (`publish_failed`).
+    /// No valid bearer token (`missing_token`, `invalid_token`, `token_expired`, …).
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
+    /// The token has no `publish` right on this channel (`forbidden`).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// Kafka did not acknowledge the message (`publish_failed`), or the token signing keys are
+    /// unavailable (`keys_unavailable`).
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
+}
+
+/// Why a request may not go on, before its work starts.
+enum Denied {
+    Unauthorized(ErrorBody),
+    Forbidden(ErrorBody),
+    Unavailable(ErrorBody),
+}
+
+/// The `WWW-Authenticate` challenge of a 401 (RFC 6750).
+const BEARER_CHALLENGE: &str = r#"Bearer realm="chat""#;
+
+impl From<Denied> for HistoryResponse {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthorized(body) => {
+                Self::Unauthorized(Json(body), BEARER_CHALLENGE.to_owned())
+            }
+            Denied::Forbidden(body) => Self::Forbidden(Json(body)),
+            Denied::Unavailable(body) => Self::Unavailable(Json(body)),
+        }
+    }
+}
+
+impl From<Denied> for PublishResponse {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthorized(body) => {
+                Self::Unauthorized(Json(body), BEARER_CHALLENGE.to_owned())
+            }
+            Denied::Forbidden(body) => Self::Forbidden(Json(body)),
+            Denied::Unavailable(body) => Self::Unavailable(Json(body)),
+        }
+    }
 }
 
 fn publish_bad_request(err: poem::Error) -> PublishResponse {
@@ -195,6 +245,7 @@ fn publish_bad_request(err: poem::Error) -> PublishResponse {
 }
 
 pub struct ChatApi {
+    pub gate: Gate,
     pub history: History,
     pub publisher: KafkaPublisher,
     pub metrics: Metrics,
@@ -218,6 +269,7 @@ impl ChatApi {
     )]
     async fn history(
         &self,
+        request: &Request,
         /// URL-encoded channel name, e.g. `%23kerno-challenge`.
         channel: Path<String>,
         /// Page size, 1 to the configured maximum (default 50).
@@ -231,10 +283,17 @@ impl ChatApi {
         let bad = |code: &str, message: String| {
             HistoryResponse::BadRequest(Json(ErrorBody::new(code, message)))
         };
+        let principal = match self.principal(request).await {
+            Ok(principal) => principal,
+            Err(denied) => return denied.into(),
+        };
         let channel = match ChannelName::parse(&channel.0) {
             Ok(channel) => channel,
             Err(err) => return bad("invalid_channel", err.to_string()),
         };
+        if let Err(denied) = authorize(&principal, &channel, Right::Read) {
+            return denied.into();
+        }
         let limit = limit.0.unwrap_or(self.default_limit);
         if !(1..=self.max_limit).contains(&limit) {
             return bad(
@@ -275,6 +334,7 @@ impl ChatApi {
     )]
     async fn publish(
         &self,
+        request: &Request,
         /// URL-encoded channel name, e.g. `%23kerno-challenge`.
         channel: Path<String>,
         /// A UUID chosen by the client for this message; retries reuse it.
@@ -285,15 +345,22 @@ impl ChatApi {
         let bad = |code: &str, message: String| {
             PublishResponse::BadRequest(Json(ErrorBody::new(code, message)))
         };
+        let principal = match self.principal(request).await {
+            Ok(principal) => principal,
+            Err(denied) => return denied.into(),
+        };
         let channel = match ChannelName::parse(&channel.0) {
             Ok(channel) => channel,
             Err(err) => return bad("invalid_channel", err.to_string()),
         };
+        if let Err(denied) = authorize(&principal, &channel, Right::Publish) {
+            return denied.into();
+        }
         let PublishRequest {
-            author: JsonString(author),
+            author,
             text: JsonString(text),
         } = body.0;
-        if let Err(reason) = validate_author(&author).and_then(|()| validate_text(&text)) {
+        if let Err(reason) = validate_text(&text) {
             return bad("invalid_message", reason.to_string());
         }
         let id = match idempotency_key.0.as_deref().map(Uuid::parse_str) {
@@ -306,12 +373,15 @@ impl ChatApi {
                 )
             }
         };
-        let publication = Publication {
+        let draft = Draft {
             channel,
-            author,
+            author: author.map(|JsonString(author)| author),
             text,
             id,
-            user_id: None,
+        };
+        let publication = match draft.by(&principal) {
+            Ok(publication) => publication,
+            Err(reason) => return bad("invalid_message", reason.to_string()),
         };
         match self.publisher.publish(&publication).await {
             Ok(id) => {
@@ -328,6 +398,41 @@ impl ChatApi {
             }
         }
     }
+}
+
+impl ChatApi {
+    /// Who sent the request: the `Authorization: Bearer` token's identity (anonymous mode:
+    /// nobody in particular).
+    async fn principal(&self, request: &Request) -> Result<Principal, Denied> {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer);
+        self.gate.admit(token).await.map_err(|err| {
+            let body = ErrorBody::new(err.code(), err.to_string());
+            if err.is_server_side() {
+                Denied::Unavailable(body)
+            } else {
+                Denied::Unauthorized(body)
+            }
+        })
+    }
+}
+
+/// `Ok` when `principal` holds `right` on `channel`, else 403 `forbidden`.
+fn authorize(principal: &Principal, channel: &ChannelName, right: Right) -> Result<(), Denied> {
+    if principal.allows(channel, right) {
+        return Ok(());
+    }
+    let what = match right {
+        Right::Read => "read",
+        Right::Publish => "publish to",
+    };
+    Err(Denied::Forbidden(ErrorBody::new(
+        "forbidden",
+        format!("your token does not allow you to {what} {channel}"),
+    )))
 }
 
 /// Builds the page with its cursors (the page was read with `before` / `after`).
@@ -418,6 +523,7 @@ pub fn document_constraints(spec: &mut Value, max_limit: i64) {
         json!({"minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": NO_NUL_PATTERN}),
     );
     // The parameters are addressed by position; make sure each is the one meant.
+    // (See `document_bearer_auth` for the security scheme.)
     for (index, name) in ["channel", "limit", "before", "after"].iter().enumerate() {
         let got = spec.pointer(&format!("{operation}/get/parameters/{index}/name"));
         assert_eq!(got, Some(&json!(name)), "OpenAPI parameter order changed");
@@ -425,5 +531,36 @@ pub fn document_constraints(spec: &mut Value, max_limit: i64) {
     for (index, name) in ["channel", "Idempotency-Key"].iter().enumerate() {
         let got = spec.pointer(&format!("{operation}/post/parameters/{index}/name"));
         assert_eq!(got, Some(&json!(name)), "OpenAPI parameter order changed");
+    }
+}
+
+/// Declares the bearer-token scheme (JWT in `Authorization: Bearer`) on both operations, so
+/// the spec says what the handlers enforce and Swagger UI's Authorize button sends the token.
+/// Only with `AUTH_MODE=jwt`; an anonymous server documents no scheme.
+pub fn document_bearer_auth(spec: &mut Value) {
+    let components = spec
+        .as_object_mut()
+        .expect("an OpenAPI document is an object")
+        .entry("components")
+        .or_insert_with(|| json!({}));
+    components
+        .as_object_mut()
+        .expect("components is an object")
+        .insert(
+            "securitySchemes".into(),
+            json!({"bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "A JWT signed by the configured key: rights per channel in its `chat` claim; the author is its `name`, else `sub`."
+            }}),
+        );
+    let operation = "/paths/~1channels~1{channel}~1messages";
+    for method in ["get", "post"] {
+        let target = spec
+            .pointer_mut(&format!("{operation}/{method}"))
+            .and_then(Value::as_object_mut)
+            .unwrap_or_else(|| panic!("OpenAPI document has no {method} operation"));
+        target.insert("security".into(), json!([{"bearerAuth": []}]));
     }
 }

@@ -5,6 +5,10 @@
 //! - [`hub`]: the one Redis pub/sub connection of the process, in-process fan-out to sessions,
 //!   duplicate dropping and live-gap repair from PostgreSQL; its per-channel state machine is a
 //!   plain type with no I/O.
+//! - [`upgrade`]: `GET /ws`: origin and token checks before (or right after) the upgrade.
+//! - [`auth`]: tokens, rights, the gate every client passes.
+//! - [`page`]: the demo page, Swagger UI and the development token endpoint, with security
+//!   headers.
 //! - [`outbox`]: a session's bounded queue of frames and its close request, filled by the hub.
 //! - [`session`]: one WebSocket connection: command loop, gap-free subscribe, bounded outbound
 //!   queue with coalesced writes, keepalive.
@@ -30,9 +34,11 @@ pub mod hub;
 pub mod metrics;
 pub mod observe;
 pub mod outbox;
+pub mod page;
 pub mod protocol;
 pub mod publish;
 pub mod recent;
 pub mod session;
 pub mod settings;
 pub mod startup;
+pub mod upgrade;

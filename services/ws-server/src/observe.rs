@@ -67,7 +67,14 @@ pub async fn observe<E: Endpoint>(
 fn http_span(request: &Request, route: &'static str) -> tracing::Span {
     if matches!(
         route,
-        "/healthz" | "/readyz" | "/metrics" | "/" | "/docs" | "/openapi.json"
+        "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/"
+            | "/docs"
+            | "/openapi.json"
+            | "/app.js"
+            | "/app.css"
     ) {
         return tracing::Span::none();
     }
@@ -100,6 +107,9 @@ fn route_of(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
         "/openapi.json" => "/openapi.json",
+        "/app.js" => "/app.js",
+        "/app.css" => "/app.css",
+        "/dev/token" => "/dev/token",
         p if p.starts_with("/docs") => "/docs",
         p if p.starts_with("/channels/") && p.ends_with("/messages") => {
             "/channels/{channel}/messages"

@@ -2,12 +2,13 @@
 //! types, and server frames as serde types. Every error has a stable [`ErrorCode`].
 
 use chat_core::channel::ChannelName;
-use chat_core::message::{validate_author, validate_text, MessageId, StoredMessage};
+use chat_core::message::{validate_text, MessageId, StoredMessage};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::publish::Publication;
+use crate::auth::AuthError;
+use crate::publish::Draft;
 use crate::recent::{JsonList, Shared, SharedMessage};
 
 /// Where a subscription starts.
@@ -22,9 +23,18 @@ pub enum Start {
 /// A parsed client command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Subscribe { channel: ChannelName, start: Start },
-    Unsubscribe { channel: ChannelName },
-    Publish(Publication),
+    Subscribe {
+        channel: ChannelName,
+        start: Start,
+    },
+    Unsubscribe {
+        channel: ChannelName,
+    },
+    Publish(Draft),
+    /// A fresh token for the same connection (refresh before `exp`).
+    Auth {
+        token: String,
+    },
     Ping,
 }
 
@@ -47,6 +57,18 @@ pub enum ErrorCode {
     InvalidSince,
     InvalidMessage,
     InvalidMessageId,
+    Forbidden,
+    MissingToken,
+    InvalidToken,
+    TokenExpired,
+    TokenNotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    MissingClaim,
+    NoAuthor,
+    InvalidRights,
+    KeysUnavailable,
+    AuthDisabled,
     TooManySubscriptions,
     NotSubscribed,
     AlreadySubscribed,
@@ -150,30 +172,33 @@ fn parse_command(fields: &Map<String, Value>, limits: Limits) -> Result<Command,
         }),
         "publish" => {
             let channel = channel(fields)?;
-            let author = required_string(fields, "author")?;
+            let author = match fields.get("author") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(required_string(fields, "author")?),
+            };
             let text = required_string(fields, "text")?;
-            validate_author(&author)
-                .and_then(|()| validate_text(&text))
-                .map_err(|reason| {
-                    ProtocolError::new(ErrorCode::InvalidMessage, reason.to_string())
-                })?;
+            validate_text(&text).map_err(|reason| {
+                ProtocolError::new(ErrorCode::InvalidMessage, reason.to_string())
+            })?;
             let id = match fields.get("message_id") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(raw)) => Some(parse_message_id(raw)?),
                 Some(_) => return Err(invalid_message_id()),
             };
-            Ok(Command::Publish(Publication {
+            Ok(Command::Publish(Draft {
                 channel,
                 author,
                 text,
                 id,
-                user_id: None,
             }))
         }
+        "auth" => Ok(Command::Auth {
+            token: required_string(fields, "token")?,
+        }),
         "ping" => Ok(Command::Ping),
         other => Err(ProtocolError::new(
             ErrorCode::UnknownCommand,
-            format!("unknown command {other:?}; use subscribe, unsubscribe, publish or ping"),
+            format!("unknown command {other:?}; use subscribe, unsubscribe, publish, auth or ping"),
         )),
     }
 }
@@ -252,6 +277,17 @@ pub enum ServerFrame<'a> {
     },
     Unsubscribed {
         channel: &'a ChannelName,
+        /// Why the server ended the subscription (`forbidden` after a token refresh removed the
+        /// right); absent when the client asked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reply_to: Option<&'a Value>,
+    },
+    /// A token refresh was accepted.
+    Authenticated {
+        user_id: &'a str,
+        expires_at: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         reply_to: Option<&'a Value>,
     },
@@ -288,6 +324,29 @@ pub fn message_frame(message: &StoredMessage) -> (Shared, String) {
     }
     .to_json();
     (shared, frame)
+}
+
+impl From<&AuthError> for ErrorCode {
+    fn from(err: &AuthError) -> Self {
+        match err {
+            AuthError::MissingToken => ErrorCode::MissingToken,
+            AuthError::TokenExpired => ErrorCode::TokenExpired,
+            AuthError::TokenNotYetValid => ErrorCode::TokenNotYetValid,
+            AuthError::WrongIssuer => ErrorCode::WrongIssuer,
+            AuthError::WrongAudience => ErrorCode::WrongAudience,
+            AuthError::MissingClaim(_) => ErrorCode::MissingClaim,
+            AuthError::NoAuthor => ErrorCode::NoAuthor,
+            AuthError::InvalidRights(_) => ErrorCode::InvalidRights,
+            AuthError::KeysUnavailable => ErrorCode::KeysUnavailable,
+            AuthError::InvalidToken(_) => ErrorCode::InvalidToken,
+        }
+    }
+}
+
+impl From<AuthError> for ProtocolError {
+    fn from(err: AuthError) -> Self {
+        ProtocolError::new(ErrorCode::from(&err), err.to_string())
+    }
 }
 
 impl ProtocolError {
@@ -371,9 +430,10 @@ mod tests {
             ErrorCode::InvalidSince
         );
         assert_eq!(
-            code(r#"{"command":"publish","channel":"c","author":"","text":"t"}"#),
+            code(r#"{"command":"publish","channel":"c","author":7,"text":"t"}"#),
             ErrorCode::InvalidMessage
         );
+        assert_eq!(code(r#"{"command":"auth"}"#), ErrorCode::MissingField);
         assert_eq!(
             code(r#"{"command":"publish","channel":"c","author":"a","text":"a\u0000b"}"#),
             ErrorCode::InvalidMessage

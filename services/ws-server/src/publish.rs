@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chat_core::channel::ChannelName;
-use chat_core::message::MessageId;
+use chat_core::message::{validate_author, MessageId, RejectReason};
 use chat_core::telemetry;
 use chat_service::health::{check_blocking, CHECK_TIMEOUT};
 use chrono::{SecondsFormat, Utc};
@@ -15,8 +15,44 @@ use rdkafka::ClientConfig;
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::auth::gate::Principal;
+
 /// How long a publish may wait for the broker's acknowledgement.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a client asks to publish, before its author is settled: with a verified token the
+/// author and user id come from the token (a given `author` is ignored); an anonymous client
+/// names itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Draft {
+    pub channel: ChannelName,
+    /// As the client sent it; checked only where it is used (anonymous mode).
+    pub author: Option<String>,
+    pub text: String,
+    pub id: Option<MessageId>,
+}
+
+impl Draft {
+    /// The publication `principal` makes of this draft; `Err` with the reason when an anonymous
+    /// client gave no valid author.
+    pub fn by(self, principal: &Principal) -> Result<Publication, RejectReason> {
+        let (author, user_id) = match principal.author() {
+            Some(author) => (author.to_owned(), principal.user_id().map(str::to_owned)),
+            None => {
+                let author = self.author.ok_or(RejectReason::MissingField("author"))?;
+                validate_author(&author)?;
+                (author, None)
+            }
+        };
+        Ok(Publication {
+            channel: self.channel,
+            author,
+            text: self.text,
+            id: self.id,
+            user_id,
+        })
+    }
+}
 
 /// A validated message a client wants published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,5 +171,39 @@ impl KafkaPublisher {
                 .map(|_| ())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(author: Option<&str>) -> Draft {
+        Draft {
+            channel: ChannelName::parse("c").unwrap(),
+            author: author.map(str::to_owned),
+            text: "hi".into(),
+            id: None,
+        }
+    }
+
+    #[test]
+    fn an_anonymous_publisher_must_name_a_valid_author() {
+        let publication = draft(Some("ada")).by(&Principal::Anonymous).unwrap();
+        assert_eq!(
+            (publication.author.as_str(), publication.user_id),
+            ("ada", None)
+        );
+        assert_eq!(
+            draft(None).by(&Principal::Anonymous).unwrap_err().code(),
+            "missing_field"
+        );
+        assert_eq!(
+            draft(Some(""))
+                .by(&Principal::Anonymous)
+                .unwrap_err()
+                .code(),
+            "invalid_author"
+        );
     }
 }

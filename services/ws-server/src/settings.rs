@@ -7,6 +7,7 @@ use std::time::Duration;
 use chat_service::args::{KafkaArgs, LogArgs, PostgresArgs, RedisArgs};
 use clap::Parser;
 
+use crate::auth::settings::AuthSettings;
 use crate::hub::HubOptions;
 
 /// The command line of `chat-ws-server`: every setting, each also an environment variable.
@@ -75,6 +76,8 @@ pub struct Settings {
     /// Seconds between SIGTERM (readiness turns 503) and closing every socket with 1001.
     #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 5)]
     pub shutdown_drain_secs: u64,
+    #[command(flatten)]
+    pub auth: AuthSettings,
     #[command(flatten)]
     pub log: LogArgs,
 }

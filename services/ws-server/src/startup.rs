@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use chat_service::health;
 use chat_service::http::HttpListener;
-use poem::web::websocket::{WebSocket, WebSocketConfig};
-use poem::web::{Data, Html};
-use poem::{get, handler, EndpointExt, IntoResponse, Response, Route};
+
+use poem::{get, EndpointExt, Response, Route};
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,10 +20,12 @@ use crate::history::History;
 use crate::hub::{Hub, PubSubTask};
 use crate::metrics::Metrics;
 use crate::observe::observed;
+use crate::page;
 use crate::protocol::Limits;
 use crate::publish::KafkaPublisher;
-use crate::session::{self, SessionContext};
+use crate::session::SessionContext;
 use crate::settings::Settings;
+use crate::upgrade::{self, Upgrade};
 
 /// A built server: listener bound, clients created, nothing running yet.
 pub struct Application {
@@ -39,16 +40,6 @@ pub struct Application {
     tracker: TaskTracker,
     probes: Probes,
     api: ChatApi,
-}
-
-/// Initial read buffer of a WebSocket connection (see [`ws`]).
-const READ_BUFFER_BYTES: usize = 2048;
-
-struct WsState {
-    sessions: Arc<SessionContext>,
-    tracker: TaskTracker,
-    draining: Arc<AtomicBool>,
-    max_frame_bytes: usize,
 }
 
 impl Application {
@@ -74,7 +65,10 @@ impl Application {
             max_limit: settings.history_max_limit,
         };
         let history = History::new(store.clone(), hub.clone(), metrics.clone());
+        let gate = settings.auth.gate()?;
+        gate.prefetch().await;
         let sessions = Arc::new(SessionContext {
+            gate: gate.clone(),
             hub: hub.clone(),
             history: history.clone(),
             publisher: publisher.clone(),
@@ -94,6 +88,7 @@ impl Application {
             publisher: publisher.clone(),
         };
         let api = ChatApi {
+            gate,
             history,
             publisher,
             metrics: metrics.clone(),
@@ -152,6 +147,9 @@ impl Application {
         let mut document: serde_json::Value =
             serde_json::from_str(&generated).context("parsing the generated OpenAPI document")?;
         crate::api::document_constraints(&mut document, self.settings.history_max_limit);
+        if !self.sessions.gate.is_anonymous() {
+            crate::api::document_bearer_auth(&mut document);
+        }
         let spec_json = serde_json::to_string_pretty(&document)?;
         // The Swagger UI page embeds the document: swap in the constrained one.
         let docs_html = api_service
@@ -162,7 +160,7 @@ impl Application {
                 .content_type("application/json; charset=utf-8")
                 .body(spec_json.clone())
         });
-        let ws_state = Arc::new(WsState {
+        let ws_state = Arc::new(Upgrade {
             sessions: Arc::clone(&self.sessions),
             tracker: self.tracker.clone(),
             draining: Arc::clone(&self.draining),
@@ -170,12 +168,15 @@ impl Application {
         });
         let metrics = self.metrics.clone();
         let routes = Route::new()
-            .at("/", get(index))
-            .at("/ws", get(ws).data(ws_state))
+            .at("/", get(page::index))
+            .at("/app.js", get(page::script))
+            .at("/app.css", get(page::style))
+            .at("/ws", get(upgrade::ws).data(ws_state))
             .at("/openapi.json", spec)
+            .at("/docs", get(page::docs(docs_html)))
             .at(
-                "/docs",
-                get(poem::endpoint::make_sync(move |_| Html(docs_html.clone()))),
+                "/dev/token",
+                poem::post(page::dev_token).data(self.sessions.gate.clone()),
             )
             .nest_no_strip("/channels", api_service);
         let internal_routes = Route::new()
@@ -220,34 +221,4 @@ impl Application {
         tracing::info!("chat-ws-server stopped");
         Ok(())
     }
-}
-
-#[handler]
-fn ws(websocket: WebSocket, Data(state): Data<&Arc<WsState>>) -> Response {
-    if state.draining.load(Ordering::Relaxed) {
-        return poem::web::Json(serde_json::json!({
-            "code": "unavailable",
-            "message": "the server is shutting down; reconnect elsewhere"
-        }))
-        .with_status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
-        .into_response();
-    }
-    // tungstenite reserves a 128 KiB read buffer per connection by default, most of an idle
-    // connection's memory; client frames are small commands, and the buffer still grows up to
-    // the frame limit when one needs it.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_frame_size(Some(state.max_frame_bytes))
-        .max_message_size(Some(state.max_frame_bytes));
-    let sessions = Arc::clone(&state.sessions);
-    let tracker = state.tracker.clone();
-    websocket
-        .config(config)
-        .on_upgrade(move |socket| tracker.track_future(session::run(socket, sessions)))
-        .into_response()
-}
-
-#[handler]
-fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
 }

@@ -1,5 +1,5 @@
-//! The identity core: verifies a JWT and turns its claims into an [`Identity`] (user id, author
-//! name, expiry, rights per channel). Not wired into the server yet.
+//! Identity: verifies a JWT and turns its claims into an [`Identity`] (user id, author name,
+//! expiry, rights per channel); the [`gate::Gate`] every WebSocket and REST client passes.
 //!
 //! Use: build an [`AuthConfig`] from the settings, [`Verifier::new`] it once at startup (cheap
 //! to clone, share it), then `verifier.verify(token).await` per connection or request and check
@@ -14,15 +14,21 @@
 //! - [`identity`]: [`Identity`] from validated claims (author rule fallback).
 //! - [`rights`]: [`Rights`] and [`Right`]: channel patterns to rights.
 //! - [`error`]: [`AuthError`], [`ConfigError`], [`DevTokenError`].
+//! - [`gate`]: [`gate::Gate`] (token or anonymous, origins) and [`gate::Principal`].
+//! - [`origin`]: allowed browser origins (WebSocket upgrade, CORS).
+//! - [`settings`]: the `AUTH_*` settings and building the gate from them.
 
 use std::fmt;
 use std::time::Duration;
 
 pub mod error;
+pub mod gate;
 pub mod identity;
 mod jwks;
 mod keys;
+pub mod origin;
 pub mod rights;
+pub mod settings;
 pub mod verifier;
 
 #[cfg(test)]

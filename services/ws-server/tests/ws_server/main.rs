@@ -1,6 +1,7 @@
 //! chat-ws-server against real Kafka, PostgreSQL and Redis, with the real chat-worker, through
 //! a real WebSocket client. Each test has its own database, topic and Redis prefix.
 
+mod auth;
 mod bad_input;
 mod delivery;
 mod idempotent;

@@ -103,6 +103,8 @@ pub fn server_settings(iso: &Isolation) -> chat_ws_server::settings::Settings {
         ws_ping_interval_secs: 20,
         ws_idle_timeout_secs: 60,
         shutdown_drain_secs: 0,
+        // Identity is not what these tests exercise; auth.rs runs with tokens.
+        auth: chat_ws_server::auth::settings::AuthSettings::anonymous(),
         log: LogArgs {
             log_format: chat_core::telemetry::LogFormat::Text,
         },

@@ -275,6 +275,7 @@ async fn one_trace_links_the_publish_the_worker_and_the_delivery() {
     server_command
         .env("OTEL_SERVICE_NAME", "chat-ws-server")
         .env("HTTP_ADDR", format!("127.0.0.1:{server_port}"))
+        .env("AUTH_MODE", "anonymous")
         .env(
             "INTERNAL_HTTP_ADDR",
             format!("127.0.0.1:{server_internal_port}"),

@@ -10,14 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_core::channel::ChannelName;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use chat_core::message::RejectReason;
+use futures::stream::SplitStream;
+use futures::StreamExt;
 use poem::web::websocket::{Message, WebSocketStream};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::auth::gate::{Gate, Principal};
+use crate::auth::Right;
 use crate::history::{FirstPage, History};
 use crate::hub::{GoLive, Hub, Subscription, PAGE_SIZE};
 use crate::metrics::Metrics;
@@ -26,19 +29,23 @@ use crate::protocol::{self, Command, ErrorCode, Limits, ProtocolError, ServerFra
 use crate::publish::{KafkaPublisher, Publication};
 use crate::recent::JsonList;
 
+mod access;
+mod writer;
+
+use writer::write_loop;
+
 /// Going away: the server shuts down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// A frame or message above the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Most frames written before one flush.
-const MAX_WRITE_BATCH: usize = 256;
-/// How long the close frame may take to go out before the connection is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The token is missing, invalid or expired: fetch a new one before reconnecting.
+pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 /// How long a subscribe waits for the Redis SUBSCRIBE confirmation.
 const HUB_WAIT: Duration = Duration::from_secs(5);
 
 /// What every session needs; one per application.
 pub struct SessionContext {
+    pub gate: Gate,
     pub hub: Hub,
     pub history: History,
     pub publisher: KafkaPublisher,
@@ -53,7 +60,7 @@ pub struct SessionContext {
 }
 
 /// Runs one connection to its end.
-pub async fn run(socket: WebSocketStream, ctx: Arc<SessionContext>) {
+pub async fn run(socket: WebSocketStream, ctx: Arc<SessionContext>, principal: Principal) {
     ctx.metrics.connections.inc();
     let (sink, stream) = socket.split();
     let (frames, queue) = mpsc::channel(ctx.outbound_queue.max(1));
@@ -63,6 +70,7 @@ pub async fn run(socket: WebSocketStream, ctx: Arc<SessionContext>) {
         outbox: Outbox { frames, closer },
         subscriptions: HashMap::new(),
         ctx: Arc::clone(&ctx),
+        principal,
     };
     session.read_loop(stream).await;
     ctx.metrics
@@ -77,6 +85,8 @@ struct Session {
     outbox: Outbox,
     subscriptions: HashMap<ChannelName, Subscription>,
     ctx: Arc<SessionContext>,
+    /// Who is on the other end; replaced by an `auth` command.
+    principal: Principal,
 }
 
 impl Session {
@@ -84,6 +94,7 @@ impl Session {
         let closer = self.outbox.closer.clone();
         let close_all = self.ctx.close_all.clone();
         loop {
+            let expiry = self.expiry();
             let next = tokio::select! {
                 biased;
                 () = close_all.cancelled() => {
@@ -91,6 +102,10 @@ impl Session {
                     return;
                 }
                 _ = closer.closed() => return,
+                () = expiry => {
+                    self.expire().await;
+                    return;
+                }
                 next = tokio::time::timeout(self.ctx.idle_timeout, stream.next()) => next,
             };
             let message = match next {
@@ -146,6 +161,7 @@ impl Session {
             Command::Subscribe { .. } => ("WS subscribe", "subscribe"),
             Command::Unsubscribe { .. } => ("WS unsubscribe", "unsubscribe"),
             Command::Publish(_) => ("WS publish", "publish"),
+            Command::Auth { .. } => ("WS auth", "auth"),
             Command::Ping => ("WS ping", "ping"),
         };
         let span = tracing::info_span!(
@@ -164,26 +180,31 @@ impl Session {
             Command::Subscribe { channel, start } => {
                 self.subscribe(channel, start, id.as_ref()).await
             }
-            Command::Unsubscribe { channel } => match self.subscriptions.remove(&channel) {
-                Some(subscription) => {
-                    drop(subscription);
-                    self.ctx.metrics.subscriptions.dec();
-                    let frame = ServerFrame::Unsubscribed {
-                        channel: &channel,
-                        reply_to: id.as_ref(),
-                    };
-                    self.send(frame.to_json()).await;
+            Command::Unsubscribe { channel } => {
+                if self.unsubscribe(&channel, None, id.as_ref()).await {
                     Ok(())
+                } else {
+                    Err(ProtocolError::new(
+                        ErrorCode::NotSubscribed,
+                        format!("not subscribed to {channel}"),
+                    ))
                 }
-                None => Err(ProtocolError::new(
-                    ErrorCode::NotSubscribed,
-                    format!("not subscribed to {channel}"),
-                )),
-            },
-            Command::Publish(publication) => {
-                self.publish(publication, id.clone());
-                Ok(())
             }
+            Command::Publish(draft) => {
+                self.authorize(&draft.channel, Right::Publish)
+                    .and_then(|()| {
+                        let publication = draft.by(&self.principal).map_err(|reason| {
+                            let code = match reason {
+                                RejectReason::MissingField(_) => ErrorCode::MissingField,
+                                _ => ErrorCode::InvalidMessage,
+                            };
+                            ProtocolError::new(code, reason.to_string())
+                        })?;
+                        self.publish(publication, id.clone());
+                        Ok(())
+                    })
+            }
+            Command::Auth { token } => self.reauthenticate(&token, id.as_ref()).await,
             Command::Ping => {
                 self.send(
                     ServerFrame::Pong {
@@ -208,6 +229,7 @@ impl Session {
         start: Start,
         id: Option<&Value>,
     ) -> Result<(), ProtocolError> {
+        self.authorize(&channel, Right::Read)?;
         if self.subscriptions.contains_key(&channel) {
             return Err(ProtocolError::new(
                 ErrorCode::AlreadySubscribed,
@@ -281,6 +303,28 @@ impl Session {
         Ok(())
     }
 
+    /// Ends a subscription (the client asked, or `reason` says why the server did); false when
+    /// there was none.
+    async fn unsubscribe(
+        &mut self,
+        channel: &ChannelName,
+        reason: Option<&str>,
+        reply_to: Option<&Value>,
+    ) -> bool {
+        let Some(subscription) = self.subscriptions.remove(channel) else {
+            return false;
+        };
+        drop(subscription);
+        self.ctx.metrics.subscriptions.dec();
+        let frame = ServerFrame::Unsubscribed {
+            channel,
+            reason,
+            reply_to,
+        };
+        self.send(frame.to_json()).await;
+        true
+    }
+
     /// Sends every stored message after `cursor` as `message` frames, a page at a time.
     /// Returns the new cursor.
     async fn catch_up(&self, channel: &ChannelName, mut cursor: i64) -> Result<i64, ProtocolError> {
@@ -352,69 +396,4 @@ impl Session {
     async fn send(&self, frame: String) {
         let _ = self.outbox.frames.send(Frame::from(frame)).await;
     }
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocketStream, Message>,
-    mut queue: mpsc::Receiver<Frame>,
-    closer: Closer,
-    ping_interval: Duration,
-) {
-    let mut ping = tokio::time::interval(ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    // Created once: registering a fresh cancellation waiter on every wake-up costs a lock.
-    let closed = closer.closed();
-    tokio::pin!(closed);
-    let (code, reason) = loop {
-        tokio::select! {
-            biased;
-            reason = &mut closed => break reason,
-            _ = ping.tick() => {
-                let sent = tokio::select! {
-                    biased;
-                    reason = &mut closed => break reason,
-                    sent = sink.send(Message::Ping(Vec::new())) => sent,
-                };
-                if sent.is_err() {
-                    closer.close(1000, "");
-                    return;
-                }
-            }
-            frame = queue.recv() => {
-                let Some(frame) = frame else { break (1000, "") };
-                let written = tokio::select! {
-                    biased;
-                    reason = &mut closed => break reason,
-                    written = write_batch(&mut sink, &mut queue, frame) => written,
-                };
-                if written.is_err() {
-                    closer.close(1000, "");
-                    return;
-                }
-            }
-        }
-    };
-    let close = Message::close_with(code, reason);
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = sink.send(close).await;
-        let _ = sink.close().await;
-    })
-    .await;
-}
-
-/// Feeds the frame and whatever else is waiting, then flushes once.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocketStream, Message>,
-    queue: &mut mpsc::Receiver<Frame>,
-    first: Frame,
-) -> std::io::Result<()> {
-    sink.feed(Message::Text(first.to_string())).await?;
-    for _ in 1..MAX_WRITE_BATCH {
-        match queue.try_recv() {
-            Ok(frame) => sink.feed(Message::Text(frame.to_string())).await?,
-            Err(_) => break,
-        }
-    }
-    sink.flush().await
 }

@@ -1,189 +1,3 @@
-<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover">
-<meta name="color-scheme" content="light dark">
-<title>chat-stream</title>
-<link rel="icon" href="data:,">
-<!--
-  The demo chat page of chat-ws-server: one static file, plain HTML/CSS/JS, embedded in the binary.
-  It uses only the public protocol of docs/PROTOCOL.md and doubles as its living example:
-    - WebSocket /ws: `subscribe` (limit, then `since` = last seen seq on every reconnect),
-      `unsubscribe`, `publish`, `ping`;
-    - every user-supplied string reaches the DOM through textContent, never innerHTML.
--->
-<style>
-:root {
-  --bg: #f4f5f7; --panel: #ffffff; --line: #e3e5e8; --text: #1d2127; --muted: #6b7280;
-  --accent: #4f46e5; --accent-text: #ffffff; --mine: #eef0ff; --hover: #f0f1f4;
-  --ok: #16a34a; --warn: #d97706; --bad: #dc2626;
-  --radius: 10px;
-  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "Liberation Sans", sans-serif;
-  font-size: 15px;
-}
-@media (prefers-color-scheme: dark) {
-  :root {
-    --bg: #0f1115; --panel: #171a21; --line: #262a33; --text: #e6e8eb; --muted: #9aa1ad;
-    --accent: #818cf8; --accent-text: #0f1115; --mine: #1e2240; --hover: #1d2029;
-  }
-}
-* { box-sizing: border-box; }
-html, body { height: 100%; margin: 0; }
-body { background: var(--bg); color: var(--text); }
-button, input, textarea { font: inherit; color: inherit; }
-.app {
-  height: 100vh; height: 100dvh;
-  display: grid; grid-template-columns: 240px 1fr; grid-template-rows: auto 1fr;
-  grid-template-areas: "top top" "side main";
-}
-header {
-  grid-area: top; display: flex; align-items: center; gap: 12px;
-  padding: 10px 16px; background: var(--panel); border-bottom: 1px solid var(--line);
-}
-header h1 { font-size: 17px; margin: 0; font-weight: 650; letter-spacing: -0.01em; }
-header h1 span { color: var(--muted); font-weight: 400; }
-.status {
-  margin-left: auto; display: inline-flex; align-items: center; gap: 7px;
-  font-size: 13px; color: var(--muted); white-space: nowrap;
-}
-.status .dot { width: 9px; height: 9px; border-radius: 50%; background: var(--warn); }
-.status[data-state="live"] .dot { background: var(--ok); }
-.status[data-state="offline"] .dot { background: var(--bad); }
-.status[data-state="connecting"] .dot { animation: pulse 1s infinite alternate; }
-@keyframes pulse { from { opacity: 1; } to { opacity: .3; } }
-.status button {
-  border: 1px solid var(--line); background: transparent; border-radius: 6px;
-  padding: 2px 8px; font-size: 12px; cursor: pointer;
-}
-aside {
-  grid-area: side; background: var(--panel); border-right: 1px solid var(--line);
-  display: flex; flex-direction: column; min-height: 0;
-}
-aside h2 {
-  font-size: 11px; text-transform: uppercase; letter-spacing: .08em; color: var(--muted);
-  margin: 16px 16px 6px;
-}
-#channels { list-style: none; margin: 0; padding: 0 8px; overflow-y: auto; flex: 1; }
-#channels li { display: flex; align-items: center; border-radius: 8px; }
-#channels li:hover { background: var(--hover); }
-#channels li.active { background: var(--accent); color: var(--accent-text); }
-#channels .pick {
-  flex: 1; min-width: 0; text-align: left; border: 0; background: transparent; cursor: pointer;
-  padding: 7px 10px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap;
-}
-#channels .badge {
-  font-size: 11px; font-weight: 600; border-radius: 9px; padding: 1px 7px; margin-right: 4px;
-  background: var(--accent); color: var(--accent-text);
-}
-#channels li.active .badge { display: none; }
-#channels .leave {
-  border: 0; background: transparent; cursor: pointer; opacity: .5; padding: 4px 10px;
-}
-#channels .leave:hover { opacity: 1; }
-#join { display: flex; gap: 6px; padding: 12px; border-top: 1px solid var(--line); }
-#join input { flex: 1; min-width: 0; }
-input, textarea {
-  background: var(--bg); border: 1px solid var(--line); border-radius: 8px; padding: 8px 10px;
-}
-input:focus, textarea:focus { outline: 2px solid var(--accent); outline-offset: -1px; }
-.btn {
-  border: 0; border-radius: 8px; padding: 8px 14px; cursor: pointer;
-  background: var(--accent); color: var(--accent-text); font-weight: 600;
-}
-.btn:disabled { opacity: .5; cursor: default; }
-main { grid-area: main; display: flex; flex-direction: column; min-height: 0; min-width: 0; }
-.title {
-  padding: 10px 18px; border-bottom: 1px solid var(--line); background: var(--panel);
-  display: flex; align-items: baseline; gap: 10px;
-}
-.title h2 { margin: 0; font-size: 16px; overflow-wrap: anywhere; }
-.title small { color: var(--muted); }
-#log { flex: 1; overflow-y: auto; padding: 10px 0 14px; overscroll-behavior: contain; }
-#log ol { list-style: none; margin: 0; padding: 0; }
-.empty { color: var(--muted); text-align: center; padding: 40px 16px; }
-.msg { padding: 3px 18px; display: grid; grid-template-columns: 36px 1fr; column-gap: 10px; }
-.msg:hover { background: var(--hover); }
-.msg .avatar {
-  grid-row: span 2; width: 36px; height: 36px; border-radius: 50%; margin-top: 3px;
-  display: grid; place-items: center; color: #fff; font-weight: 700; font-size: 14px;
-}
-.msg .meta { display: flex; align-items: baseline; gap: 8px; min-width: 0; margin-top: 6px; }
-.msg .author { font-weight: 650; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-.msg time, .msg .seq { color: var(--muted); font-size: 12px; }
-.msg .seq { margin-left: auto; opacity: 0; }
-.msg:hover .seq { opacity: 1; }
-.msg .text { white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.4; grid-column: 2; }
-.msg.cont { padding-top: 1px; }
-.msg.cont .avatar, .msg.cont .meta { display: none; }
-.msg.mine .author { color: var(--accent); }
-.msg.pending .text { opacity: .55; }
-.msg.pending .text::after { content: " · sending…"; color: var(--muted); font-size: 12px; }
-.msg.failed .text::after { content: " · not sent"; color: var(--bad); font-size: 12px; }
-.day { text-align: center; color: var(--muted); font-size: 12px; margin: 12px 0 4px; }
-#compose {
-  display: flex; gap: 8px; padding: 10px 14px; padding-bottom: max(10px, env(safe-area-inset-bottom));
-  border-top: 1px solid var(--line); background: var(--panel); align-items: flex-end;
-}
-#author { width: 130px; height: 40px; }
-#compose .btn { height: 40px; }
-#text { flex: 1; min-width: 0; resize: none; height: 40px; max-height: 140px; line-height: 1.4; }
-#notice {
-  display: none; margin: 0; padding: 6px 18px; font-size: 13px;
-  background: color-mix(in srgb, var(--bad) 14%, var(--panel)); color: var(--text);
-}
-#notice.show { display: block; }
-@media (max-width: 700px) {
-  .app { grid-template-columns: 1fr; grid-template-rows: auto auto 1fr; grid-template-areas: "top" "side" "main"; }
-  header { padding: 8px 12px; }
-  header h1 span { display: none; }
-  aside { border-right: 0; border-bottom: 1px solid var(--line); flex-direction: row; align-items: center; }
-  aside h2 { display: none; }
-  #channels { display: flex; gap: 4px; padding: 6px 8px; overflow-x: auto; overflow-y: hidden; flex: 1; }
-  #channels li { flex: none; background: var(--hover); }
-  #channels .pick { padding: 5px 4px 5px 10px; }
-  #channels .leave { padding: 4px 8px; }
-  #join { border-top: 0; padding: 6px 8px 6px 0; }
-  #join input { width: 110px; flex: none; padding: 5px 8px; }
-  #join .btn { padding: 5px 10px; }
-  .title { display: none; }
-  .msg { padding: 3px 12px; }
-  #compose { padding: 8px 10px; gap: 6px; }
-  #author { width: 84px; font-size: 16px; padding: 8px 8px; }
-  #text { font-size: 16px; } /* 16px: no zoom-on-focus on iOS */
-  .btn { padding: 8px 12px; }
-}
-</style>
-</head>
-<body>
-<div class="app">
-  <header>
-    <h1>chat-stream <span>· Kafka → PostgreSQL → Redis → WebSocket</span></h1>
-    <div class="status" id="status" data-state="connecting" role="status" aria-live="polite">
-      <span class="dot"></span><span id="status-text">connecting…</span>
-      <button id="retry" type="button" hidden>retry now</button>
-    </div>
-  </header>
-  <aside>
-    <h2>Channels</h2>
-    <ul id="channels" aria-label="channels"></ul>
-    <form id="join" autocomplete="off">
-      <input id="join-name" placeholder="#channel" aria-label="channel to join" maxlength="64" spellcheck="false">
-      <button class="btn" type="submit">Join</button>
-    </form>
-  </aside>
-  <main>
-    <div class="title"><h2 id="channel-title"></h2><small id="channel-info"></small></div>
-    <p id="notice" role="alert"></p>
-    <div id="log" aria-live="polite"></div>
-    <form id="compose" autocomplete="off">
-      <input id="author" placeholder="your name" aria-label="your name" maxlength="64" spellcheck="false">
-      <textarea id="text" placeholder="Message" title="Enter sends, Shift+Enter starts a new line" aria-label="message" maxlength="4000" rows="1"></textarea>
-      <button class="btn" id="send" type="submit">Send</button>
-    </form>
-  </main>
-</div>
-<script>
 "use strict";
 (() => {
   const DEFAULT_CHANNEL = "#kerno-challenge";
@@ -212,6 +26,9 @@ main { grid-area: main; display: flex; flex-direction: column; min-height: 0; mi
   const requests = new Map();   // command id -> {kind, channel, item}
   const outbox = [];            // publishes not yet acknowledged: {channel, author, text, el, id, sent}
   const ownIds = new Set();     // ids of messages this page published (shown as "mine")
+  // Identity: a short-lived token from the server's development endpoint (POST /dev/token),
+  // refreshed before it expires. A server without that endpoint (404) takes no token here.
+  let token = null, tokenTimer = null, tokenless = false;
 
   function valid(name) { return CHANNEL_RE.test(name) && /[A-Za-z0-9]/.test(name); }
 
@@ -220,7 +37,38 @@ main { grid-area: main; display: flex; flex-direction: column; min-height: 0; mi
     const url = new URL("ws", location.href);          // works behind a path prefix too
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     url.search = ""; url.hash = "";
+    if (token) url.searchParams.set("token", token);   // browsers cannot send Authorization
     return url.href;
+  }
+
+  // Signs in as the name in the author field; true when the page may connect.
+  async function signIn() {
+    if (tokenless) return true;
+    const name = $("author").value.trim() || store.get("chat.author", "");
+    let res;
+    try {
+      res = await fetch(new URL("dev/token", location.href), {
+        method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name }),
+      });
+    } catch { return false; }
+    if (res.status === 404) { tokenless = true; token = null; return true; }
+    if (!res.ok) {
+      const body = await res.json().catch(() => ({}));
+      notice(`Sign-in refused: ${body.message || res.status}`);
+      return false;
+    }
+    const body = await res.json();
+    token = body.token;
+    clearTimeout(tokenTimer);
+    // Refresh at 80 % of the lifetime; the connection and its subscriptions stay.
+    tokenTimer = setTimeout(refreshToken, Math.max(5, body.expires_in * 0.8) * 1000);
+    return true;
+  }
+
+  async function refreshToken() {
+    if (await signIn()) { if (token) send({ command: "auth", token }); }
+    else tokenTimer = setTimeout(refreshToken, 5000);
   }
 
   function setStatus(state, text) {
@@ -229,10 +77,12 @@ main { grid-area: main; display: flex; flex-direction: column; min-height: 0; mi
     $("retry").hidden = state !== "offline";
   }
 
-  function connect() {
+  async function connect() {
     clearTimeout(retryTimer); retryTimer = null;
     if (ws) return;
     setStatus("connecting", attempt ? `reconnecting… (attempt ${attempt + 1})` : "connecting…");
+    if (!token && !tokenless && !(await signIn())) { dropped(0); return; }
+    if (ws) return;
     const sock = new WebSocket(wsUrl());
     ws = sock;
     sock.onopen = () => {
@@ -256,6 +106,7 @@ main { grid-area: main; display: flex; flex-direction: column; min-height: 0; mi
 
   function dropped(code) {
     ws = null; connected = false;
+    if (code === 4001) token = null;   // missing, invalid or expired: sign in again first
     clearInterval(pingTimer); clearTimeout(pongTimer);
     requests.clear();
     for (const ch of channels.values()) ch.sub = "none";
@@ -593,6 +444,8 @@ main { grid-area: main; display: flex; flex-direction: column; min-height: 0; mi
   if (!store.get("chat.author", "")) store.set("chat.author", `guest-${Math.floor(1000 + Math.random() * 9000)}`);
   $("author").value = store.get("chat.author", "");
   $("author").addEventListener("input", () => store.set("chat.author", $("author").value.trim()));
+  // With tokens the server takes the author from the token: a new name needs a new token.
+  $("author").addEventListener("change", () => { if (token) refreshToken(); });
 
   $("compose").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -631,6 +484,3 @@ main { grid-area: main; display: flex; flex-direction: column; min-height: 0; mi
   join(start && valid(start) ? start : (saved[0] || DEFAULT_CHANNEL));
   connect();
 })();
-</script>
-</body>
-</html>

@@ -1,0 +1,134 @@
+//! `GET /ws`: who may open a WebSocket. Refused before the upgrade, with a JSON body: while
+//! draining (503), from a browser origin that is not allowed (403), with a missing or invalid
+//! `Authorization: Bearer` token (401, or 503 while the signing keys cannot be fetched).
+//! Browsers cannot send that header nor read a 401, so they pass the token as `?token=`: an
+//! invalid one gets the upgrade and an immediate close 4001 with the reason, so the page knows
+//! to fetch a new token instead of reconnecting blindly. The token never reaches a log.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::SinkExt;
+use poem::http::{header, StatusCode};
+use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketConfig};
+use poem::web::{Data, Json};
+use poem::{handler, IntoResponse, Request, Response};
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::gate::bearer;
+use crate::auth::AuthError;
+use crate::session::{self, SessionContext, CLOSE_UNAUTHORIZED};
+
+/// Initial read buffer of a WebSocket connection: tungstenite reserves 128 KiB by default, most
+/// of an idle connection's memory; client frames are small commands, and the buffer still grows
+/// up to the frame limit when one needs it.
+const READ_BUFFER_BYTES: usize = 2048;
+
+pub struct Upgrade {
+    pub sessions: Arc<SessionContext>,
+    pub tracker: TaskTracker,
+    pub draining: Arc<AtomicBool>,
+    pub max_frame_bytes: usize,
+}
+
+#[handler]
+pub async fn ws(
+    request: &Request,
+    websocket: WebSocket,
+    Data(state): Data<&Arc<Upgrade>>,
+) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is shutting down; reconnect elsewhere",
+        );
+    }
+    let gate = &state.sessions.gate;
+    let header = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    if !gate
+        .origins()
+        .allows(header(header::ORIGIN), header(header::HOST))
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "this origin may not open a WebSocket here (WS_ALLOWED_ORIGINS)",
+        );
+    }
+    let from_header = header(header::AUTHORIZATION).and_then(bearer);
+    let admitted = match (from_header, query_token(request)) {
+        (Some(token), _) => match gate.admit(Some(token)).await {
+            Ok(principal) => Ok(principal),
+            Err(err) => return unauthorized(&err),
+        },
+        (None, Some(token)) => gate.admit(Some(&token)).await,
+        (None, None) => match gate.admit(None).await {
+            Ok(principal) => Ok(principal),
+            Err(err) => return unauthorized(&err),
+        },
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_frame_size(Some(state.max_frame_bytes))
+        .max_message_size(Some(state.max_frame_bytes));
+    let sessions = Arc::clone(&state.sessions);
+    let tracker = state.tracker.clone();
+    websocket
+        .config(config)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                match admitted {
+                    Ok(principal) => session::run(socket, sessions, principal).await,
+                    Err(err) => close_unauthorized(socket, &err).await,
+                }
+            })
+        })
+        .into_response()
+}
+
+/// The `token` query parameter (browsers), if any.
+fn query_token(request: &Request) -> Option<String> {
+    let query = request.uri().query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned())
+        .filter(|token| !token.is_empty())
+}
+
+/// An invalid query token: the upgraded socket closes at once with 4001 and the error code.
+async fn close_unauthorized(mut socket: poem::web::websocket::WebSocketStream, err: &AuthError) {
+    let code = CloseCode::from(CLOSE_UNAUTHORIZED);
+    let _ = socket
+        .send(Message::Close(Some((code, err.code().to_owned()))))
+        .await;
+    let _ = socket.close().await;
+}
+
+fn unauthorized(err: &AuthError) -> Response {
+    if err.is_server_side() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            err.code(),
+            &err.to_string(),
+        );
+    }
+    let mut response = refuse(StatusCode::UNAUTHORIZED, err.code(), &err.to_string());
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        poem::http::HeaderValue::from_static(r#"Bearer realm="chat""#),
+    );
+    response
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    Json(json!({"code": code, "message": message}))
+        .with_status(status)
+        .into_response()
+}
