@@ -78,11 +78,22 @@ async function killServer(port, signal = "SIGKILL") {
 }
 
 // Produces through the other server's REST API (202 once Kafka acknowledged).
+// A token for `name` from a server's development sign-in (the servers share their secret).
+async function devToken(name, base = B) {
+  const res = await fetch(`${base}/dev/token`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name }),
+  });
+  assert.equal(res.status, 200, `POST /dev/token: ${res.status} ${await res.text()}`);
+  return (await res.json()).token;
+}
+
 async function post(author, text, channel = CHANNEL) {
   const res = await fetch(`${B}/channels/${encodeURIComponent(channel)}/messages`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ author, text }),
+    headers: { "content-type": "application/json", authorization: `Bearer ${await devToken(author)}` },
+    body: JSON.stringify({ text }),
   });
   assert.equal(res.status, 202, `POST via B: ${res.status} ${await res.text()}`);
 }
@@ -93,6 +104,8 @@ const pageErrors = [];
 
 async function openPage(author, { viewport = { width: 1100, height: 700 }, channel = CHANNEL, colorScheme = "light" } = {}) {
   const context = await browser.newContext({ viewport, colorScheme });
+  // The page signs in as its stored name when it loads: store it first.
+  await context.addInitScript((name) => localStorage.setItem("chat.author", JSON.stringify(name)), author);
   const page = await context.newPage();
   page.on("pageerror", (err) => pageErrors.push(`${author}: ${err.message}`));
   page.on("dialog", (dialog) => { pageErrors.push(`${author}: dialog "${dialog.message()}"`); dialog.dismiss(); });
@@ -171,6 +184,23 @@ test("two browsers chat through the real stack; nothing is lost across a ws-serv
 
   const alice = await openPage("alice");
   const bob = await openPage("bob");
+
+  await t.test("a socket opened without a token never gets to subscribe", async () => {
+    const outcome = await alice.evaluate((url) => new Promise((resolve) => {
+      const ws = new WebSocket(url);
+      ws.onopen = () => { ws.send(JSON.stringify({ command: "subscribe", channel: "#kerno-challenge" })); };
+      ws.onmessage = (event) => resolve(`frame ${event.data}`);
+      ws.onclose = (event) => resolve(`closed ${event.code}`);
+      setTimeout(() => resolve("timeout"), 5000);
+    }), `${A.replace("http", "ws")}/ws`);
+    assert.match(outcome, /^closed /, `without a token: ${outcome}`);
+    const forged = await alice.evaluate((url) => new Promise((resolve) => {
+      const ws = new WebSocket(`${url}?token=forged.token.value`);
+      ws.onclose = (event) => resolve(event.code);
+      setTimeout(() => resolve("timeout"), 5000);
+    }), `${A.replace("http", "ws")}/ws`);
+    assert.equal(forged, 4001, "an invalid token closes with 4001");
+  });
 
   await t.test("history, then live messages both ways", async () => {
     await waitTexts(alice, ["written before the pages opened"]);

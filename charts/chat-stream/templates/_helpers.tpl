@@ -158,6 +158,30 @@ WS_PING_INTERVAL_SECS: {{ .Values.wsServer.config.pingIntervalSecs | quote }}
 WS_IDLE_TIMEOUT_SECS: {{ .Values.wsServer.config.idleTimeoutSecs | quote }}
 SHUTDOWN_DRAIN_SECS: {{ .Values.wsServer.config.shutdownDrainSecs | quote }}
 OTEL_SERVICE_NAME: {{ .Values.wsServer.config.otelServiceName | quote }}
+{{- with .Values.wsServer.auth }}
+AUTH_MODE: {{ .mode | quote }}
+{{- if .jwtSecret.existingSecret }}
+AUTH_JWT_SECRET_FILE: {{ printf "/run/secrets/chat-auth/%s" .jwtSecret.key | quote }}
+{{- end }}
+{{- with .publicKey }}
+AUTH_JWT_PUBLIC_KEY: {{ . | quote }}
+{{- end }}
+{{- with .jwksUrl }}
+AUTH_JWKS_URL: {{ . | quote }}
+{{- end }}
+{{- with .issuer }}
+AUTH_ISSUER: {{ . | quote }}
+{{- end }}
+{{- with .audience }}
+AUTH_AUDIENCE: {{ . | quote }}
+{{- end }}
+AUTH_RIGHTS_CLAIM: {{ .rightsClaim | quote }}
+AUTH_DEFAULT_RIGHTS: {{ .defaultRights | quote }}
+AUTH_LEEWAY_SECS: {{ .leewaySecs | quote }}
+AUTH_DEV_TOKENS: {{ .devTokens | quote }}
+WS_ALLOWED_ORIGINS: {{ .allowedOrigins | quote }}
+CORS_ALLOWED_ORIGINS: {{ .corsAllowedOrigins | quote }}
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -204,5 +228,12 @@ lifecycle:
 {{- end -}}
 {{- if and .Values.secrets.existingSecret .Values.devSecret.create -}}
 {{- fail "set either secrets.existingSecret or devSecret.create, not both" -}}
+{{- end -}}
+{{- $auth := .Values.wsServer.auth -}}
+{{- if and $ws.enabled (eq $auth.mode "jwt") (not (or $auth.jwtSecret.existingSecret $auth.publicKey $auth.jwksUrl)) -}}
+{{- fail "wsServer.auth.mode=jwt needs a key: wsServer.auth.jwtSecret.existingSecret, wsServer.auth.publicKey or wsServer.auth.jwksUrl (or mode=anonymous, documented as unsafe)" -}}
+{{- end -}}
+{{- if and $auth.devTokens (not $auth.jwtSecret.existingSecret) -}}
+{{- fail "wsServer.auth.devTokens needs wsServer.auth.jwtSecret.existingSecret (development tokens are HS256)" -}}
 {{- end -}}
 {{- end -}}
