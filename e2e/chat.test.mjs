@@ -85,8 +85,9 @@ async function devToken(name, base = B) {
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ name }),
   });
-  assert.equal(res.status, 200, `POST /dev/token: ${res.status} ${await res.text()}`);
-  return (await res.json()).token;
+  const body = await res.text();
+  assert.equal(res.status, 200, `POST /dev/token: ${res.status} ${body}`);
+  return JSON.parse(body).token;
 }
 
 async function post(author, text, channel = CHANNEL) {
