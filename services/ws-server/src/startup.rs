@@ -9,12 +9,16 @@ use anyhow::Context;
 use chat_service::health;
 use chat_service::http::HttpListener;
 
-use poem::{get, EndpointExt, Response, Route};
+use poem::endpoint::BoxEndpoint;
+use poem::http::Method;
+use poem::middleware::Cors;
+use poem::{get, EndpointExt, IntoEndpoint, Response, Route};
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::ChatApi;
+use crate::auth::origin::Origins;
 use crate::health::{readyz, Probes};
 use crate::history::History;
 use crate::hub::{Hub, PubSubTask};
@@ -178,7 +182,10 @@ impl Application {
                 "/dev/token",
                 poem::post(page::dev_token).data(self.sessions.gate.clone()),
             )
-            .nest_no_strip("/channels", api_service);
+            .nest_no_strip(
+                "/channels",
+                with_cors(api_service, self.settings.auth.cors()?),
+            );
         let internal_routes = Route::new()
             .at("/healthz", get(health::healthz))
             .at("/readyz", get(readyz))
@@ -221,4 +228,22 @@ impl Application {
         tracing::info!("chat-ws-server stopped");
         Ok(())
     }
+}
+
+/// The REST API, behind CORS when `CORS_ALLOWED_ORIGINS` names origins (else no CORS headers:
+/// browsers on other origins cannot call it).
+fn with_cors(
+    api: impl IntoEndpoint<Endpoint: 'static>,
+    origins: Option<Origins>,
+) -> BoxEndpoint<'static> {
+    let api = api.into_endpoint();
+    let Some(origins) = origins else {
+        return api.map_to_response().boxed();
+    };
+    let cors = Cors::new()
+        .allow_origins_fn(move |origin| origins.allows(Some(origin), None))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers(["authorization", "content-type", "idempotency-key"])
+        .max_age(600);
+    api.with(cors).map_to_response().boxed()
 }

@@ -146,6 +146,15 @@ impl AuthSettings {
     }
 }
 
+impl AuthSettings {
+    /// The origins whose browsers may call the REST API (CORS); `None` when none is configured
+    /// (no CORS headers at all: same-origin only).
+    pub fn cors(&self) -> anyhow::Result<Option<Origins>> {
+        let origins = Origins::parse(&self.cors_allowed_origins).context("CORS_ALLOWED_ORIGINS")?;
+        Ok((!origins.is_empty()).then_some(origins))
+    }
+}
+
 /// A value given directly or in a file (trailing newline trimmed); the direct one wins.
 fn read_either(value: &Option<String>, file: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
     if let Some(value) = value.as_ref().filter(|v| !v.is_empty()) {

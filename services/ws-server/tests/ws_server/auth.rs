@@ -467,3 +467,45 @@ async fn pages_carry_security_headers_and_the_spec_declares_the_bearer_scheme() 
     assert!(operation["post"]["responses"]["403"].is_object());
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_only_the_configured_origins() {
+    let preflight = |stack: &Stack, origin: &'static str| {
+        let request = reqwest::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                stack.http("/channels/room/messages"),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            );
+        async move {
+            let response = request.send().await.unwrap();
+            response
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_owned())
+        }
+    };
+    let stack =
+        jwt_stack(|auth| auth.cors_allowed_origins = "https://app.example.com".into()).await;
+    assert_eq!(
+        preflight(&stack, "https://app.example.com")
+            .await
+            .as_deref(),
+        Some("https://app.example.com")
+    );
+    assert_eq!(preflight(&stack, "https://evil.example").await, None);
+    stack.finish().await;
+
+    let stack = jwt_stack(|_| {}).await;
+    assert_eq!(
+        preflight(&stack, "https://app.example.com").await,
+        None,
+        "no CORS by default"
+    );
+    stack.finish().await;
+}
