@@ -21,3 +21,15 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
 }
+
+/// `p50 … ms  p99 … ms  p99.9 … ms  max … ms` of a histogram recorded in microseconds.
+pub fn latency_summary(histogram: &hdrhistogram::Histogram<u64>) -> String {
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        ms(histogram.value_at_quantile(0.5)),
+        ms(histogram.value_at_quantile(0.99)),
+        ms(histogram.value_at_quantile(0.999)),
+        ms(histogram.max())
+    )
+}

@@ -208,11 +208,7 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_the_records_a
         .await
     );
     assert_log_matches(&world.db.rows().await, &expected);
-    let (_, metrics) = worker.get("/metrics").await;
-    assert!(
-        metrics.contains(r#"chat_worker_dead_lettered_total{reason="key_mismatch"} 1"#),
-        "{metrics}"
-    );
+    worker.assert_dead_lettered("key_mismatch", 1).await;
     worker.stop().await;
     world.finish().await;
 }

@@ -111,11 +111,7 @@ async fn records_postgresql_refuses_are_dead_lettered_alone_and_the_rest_of_thei
         "every partition is committed to its end: {:?} vs {ends:?}",
         world.committed()
     );
-    let (_, metrics) = worker.get("/metrics").await;
-    assert!(
-        metrics.contains(r#"chat_worker_dead_lettered_total{reason="rejected_by_store"} 5"#),
-        "{metrics}"
-    );
+    worker.assert_dead_lettered("rejected_by_store", 5).await;
     assert_eq!(worker.get("/readyz").await.0, 200, "never stuck not-ready");
     worker.stop().await;
     world.finish().await;
@@ -187,11 +183,7 @@ async fn an_id_reused_for_other_content_is_an_id_conflict_and_the_same_content_s
         .filter(|e| e.message.id.0 == stored_id)
         .count();
     assert_eq!(republished, 2, "stored, then republished as a duplicate");
-    let (_, metrics) = worker.get("/metrics").await;
-    assert!(
-        metrics.contains(r#"chat_worker_dead_lettered_total{reason="id_conflict"} 3"#),
-        "{metrics}"
-    );
+    worker.assert_dead_lettered("id_conflict", 3).await;
     worker.stop().await;
     world.finish().await;
 }

@@ -216,29 +216,24 @@ enum Denied {
 /// The `WWW-Authenticate` challenge of a 401 (RFC 6750).
 const BEARER_CHALLENGE: &str = r#"Bearer realm="chat""#;
 
-impl From<Denied> for HistoryResponse {
-    fn from(denied: Denied) -> Self {
-        match denied {
-            Denied::Unauthorized(body) => {
-                Self::Unauthorized(Json(body), BEARER_CHALLENGE.to_owned())
+/// Both operations answer a denial with the same three statuses.
+macro_rules! denials {
+    ($($response:ty),*) => {$(
+        impl From<Denied> for $response {
+            fn from(denied: Denied) -> Self {
+                match denied {
+                    Denied::Unauthorized(body) => {
+                        Self::Unauthorized(Json(body), BEARER_CHALLENGE.to_owned())
+                    }
+                    Denied::Forbidden(body) => Self::Forbidden(Json(body)),
+                    Denied::Unavailable(body) => Self::Unavailable(Json(body)),
+                }
             }
-            Denied::Forbidden(body) => Self::Forbidden(Json(body)),
-            Denied::Unavailable(body) => Self::Unavailable(Json(body)),
         }
-    }
+    )*};
 }
 
-impl From<Denied> for PublishResponse {
-    fn from(denied: Denied) -> Self {
-        match denied {
-            Denied::Unauthorized(body) => {
-                Self::Unauthorized(Json(body), BEARER_CHALLENGE.to_owned())
-            }
-            Denied::Forbidden(body) => Self::Forbidden(Json(body)),
-            Denied::Unavailable(body) => Self::Unavailable(Json(body)),
-        }
-    }
-}
+denials!(HistoryResponse, PublishResponse);
 
 fn publish_bad_request(err: poem::Error) -> PublishResponse {
     PublishResponse::BadRequest(Json(ErrorBody::new("bad_request", err.to_string())))

@@ -98,18 +98,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let histogram = histogram.lock().unwrap();
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "{}: {} connects+subscribes in {:.1} s from {} loops: {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  errors {}",
+        "{}: {} connects+subscribes in {:.1} s from {} loops: {:.0}/s  {}  errors {}",
         args.label,
         histogram.len(),
         elapsed,
         args.concurrency,
         histogram.len() as f64 / elapsed,
-        ms(0.5),
-        ms(0.99),
-        ms(0.999),
-        histogram.max() as f64 / 1000.0,
+        chat_bench::latency_summary(&histogram),
         errors.load(Ordering::Relaxed)
     );
     Ok(())

@@ -909,9 +909,8 @@ async fn storm(args: StormArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let ingested = ingest.await??;
     let histogram = histogram.lock().unwrap();
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "{}: storm {} subscribes (last {}) from {} connections in {:.1} s while producing {} records: {:.0} subscribes/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  errors {}",
+        "{}: storm {} subscribes (last {}) from {} connections in {:.1} s while producing {} records: {:.0} subscribes/s  {}  errors {}",
         common.label,
         histogram.len(),
         args.limit,
@@ -919,10 +918,7 @@ async fn storm(args: StormArgs) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         ingested,
         histogram.len() as f64 / elapsed.as_secs_f64(),
-        ms(0.5),
-        ms(0.99),
-        ms(0.999),
-        histogram.max() as f64 / 1000.0,
+        chat_bench::latency_summary(&histogram),
         errors.load(Ordering::Relaxed)
     );
     Ok(())

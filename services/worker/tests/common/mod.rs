@@ -158,6 +158,13 @@ impl InProcessWorker {
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.port, path).await
     }
+
+    /// Asserts `/metrics` counts exactly `n` dead letters with this reason.
+    pub async fn assert_dead_lettered(&self, reason: &str, n: u64) {
+        let (_, metrics) = self.get("/metrics").await;
+        let line = format!(r#"chat_worker_dead_lettered_total{{reason="{reason}"}} {n}"#);
+        assert!(metrics.contains(&line), "{line} not in {metrics}");
+    }
 }
 
 /// A minimal HTTP/1.1 GET against 127.0.0.1:port; returns status and body.
