@@ -208,6 +208,7 @@ pub enum PublishResponse {
 
 /// Why a request may not go on, before its work starts.
 enum Denied {
+    BadRequest(ErrorBody),
     Unauthorized(ErrorBody),
     Forbidden(ErrorBody),
     Unavailable(ErrorBody),
@@ -222,6 +223,7 @@ macro_rules! denials {
         impl From<Denied> for $response {
             fn from(denied: Denied) -> Self {
                 match denied {
+                    Denied::BadRequest(body) => Self::BadRequest(Json(body)),
                     Denied::Unauthorized(body) => {
                         Self::Unauthorized(Json(body), BEARER_CHALLENGE.to_owned())
                     }
@@ -278,17 +280,10 @@ impl ChatApi {
         let bad = |code: &str, message: String| {
             HistoryResponse::BadRequest(Json(ErrorBody::new(code, message)))
         };
-        let principal = match self.principal(request).await {
-            Ok(principal) => principal,
+        let channel = match self.admit(request, &channel.0, Right::Read).await {
+            Ok((_, channel)) => channel,
             Err(denied) => return denied.into(),
         };
-        let channel = match ChannelName::parse(&channel.0) {
-            Ok(channel) => channel,
-            Err(err) => return bad("invalid_channel", err.to_string()),
-        };
-        if let Err(denied) = authorize(&principal, &channel, Right::Read) {
-            return denied.into();
-        }
         let limit = limit.0.unwrap_or(self.default_limit);
         if !(1..=self.max_limit).contains(&limit) {
             return bad(
@@ -340,17 +335,10 @@ impl ChatApi {
         let bad = |code: &str, message: String| {
             PublishResponse::BadRequest(Json(ErrorBody::new(code, message)))
         };
-        let principal = match self.principal(request).await {
-            Ok(principal) => principal,
+        let (principal, channel) = match self.admit(request, &channel.0, Right::Publish).await {
+            Ok(admitted) => admitted,
             Err(denied) => return denied.into(),
         };
-        let channel = match ChannelName::parse(&channel.0) {
-            Ok(channel) => channel,
-            Err(err) => return bad("invalid_channel", err.to_string()),
-        };
-        if let Err(denied) = authorize(&principal, &channel, Right::Publish) {
-            return denied.into();
-        }
         let PublishRequest {
             author,
             text: JsonString(text),
@@ -396,6 +384,22 @@ impl ChatApi {
 }
 
 impl ChatApi {
+    /// Who sent the request and on which channel, once they may: 401 without a valid token
+    /// (checked first), 400 for a bad channel name, 403 without `right` on it.
+    async fn admit(
+        &self,
+        request: &Request,
+        channel: &str,
+        right: Right,
+    ) -> Result<(Principal, ChannelName), Denied> {
+        let principal = self.principal(request).await?;
+        let channel = ChannelName::parse(channel).map_err(|err| {
+            Denied::BadRequest(ErrorBody::new("invalid_channel", err.to_string()))
+        })?;
+        authorize(&principal, &channel, right)?;
+        Ok((principal, channel))
+    }
+
     /// Who sent the request: the `Authorization: Bearer` token's identity (anonymous mode:
     /// nobody in particular).
     async fn principal(&self, request: &Request) -> Result<Principal, Denied> {
