@@ -446,7 +446,7 @@ mod tests {
         assert_eq!(err.reply_to, Some(Value::from("x")));
         assert_eq!(
             err.to_frame(),
-            r#"{"type":"error","code":"unknown_command","message":"unknown command \"dance\"; use subscribe, unsubscribe, publish or ping","reply_to":"x"}"#
+            r#"{"type":"error","code":"unknown_command","message":"unknown command \"dance\"; use subscribe, unsubscribe, publish, auth or ping","reply_to":"x"}"#
         );
     }
 }
