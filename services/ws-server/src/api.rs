@@ -102,7 +102,8 @@ struct PageBody<'a> {
 #[derive(Debug, Clone, Object)]
 pub struct PublishRequest {
     /// 1 to 64 characters, no control characters. Required with `AUTH_MODE=anonymous`; with
-    /// tokens, the author is the token's `name` (else `sub`) and this field is ignored.
+    /// tokens, the author is the token's `name` (else `sub`) and this field, when given, must
+    /// still be a valid name but is otherwise ignored.
     pub author: Option<JsonString>,
     /// 1 to 4000 characters, none of them U+0000 (NUL), which PostgreSQL cannot store.
     pub text: JsonString,
@@ -515,7 +516,8 @@ pub fn document_constraints(spec: &mut Value, max_limit: i64) {
     let request = "/components/schemas/PublishRequest/properties";
     extend(
         &format!("{request}/author"),
-        json!({"minLength": 1, "maxLength": MAX_AUTHOR_CHARS, "pattern": NO_CONTROL_PATTERN}),
+        json!({"minLength": 1, "maxLength": MAX_AUTHOR_CHARS, "pattern": NO_CONTROL_PATTERN,
+            "nullable": true}),
     );
     extend(
         &format!("{request}/text"),

@@ -33,14 +33,17 @@ pub struct Draft {
 }
 
 impl Draft {
-    /// The publication `principal` makes of this draft; `Err` with the reason when an anonymous
-    /// client gave no valid author.
+    /// The publication `principal` makes of this draft; `Err` with the reason when a given
+    /// author is not a valid name (even where it is ignored: a malformed request is refused),
+    /// or when an anonymous client gave none.
     pub fn by(self, principal: &Principal) -> Result<Publication, RejectReason> {
+        if let Some(author) = &self.author {
+            validate_author(author)?;
+        }
         let (author, user_id) = match principal.author() {
             Some(author) => (author.to_owned(), principal.user_id().map(str::to_owned)),
             None => {
                 let author = self.author.ok_or(RejectReason::MissingField("author"))?;
-                validate_author(&author)?;
                 (author, None)
             }
         };
