@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use futures::future::Either;
 use futures::SinkExt;
 use poem::http::{header, StatusCode};
 use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketConfig};
@@ -80,15 +81,15 @@ pub async fn ws(
         .max_message_size(Some(state.max_frame_bytes));
     let sessions = Arc::clone(&state.sessions);
     let tracker = state.tracker.clone();
+    // Either, not an async block around both: a block would keep the socket twice in every
+    // connection's task (once captured, once in the session it moves into).
     websocket
         .config(config)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                match admitted {
-                    Ok(principal) => session::run(socket, sessions, principal).await,
-                    Err(err) => close_unauthorized(socket, &err).await,
-                }
-            })
+        .on_upgrade(move |socket| match admitted {
+            Ok(principal) => {
+                Either::Left(tracker.track_future(session::run(socket, sessions, principal)))
+            }
+            Err(err) => Either::Right(tracker.track_future(close_unauthorized(socket, err))),
         })
         .into_response()
 }
@@ -103,7 +104,7 @@ fn query_token(request: &Request) -> Option<String> {
 }
 
 /// An invalid query token: the upgraded socket closes at once with 4001 and the error code.
-async fn close_unauthorized(mut socket: poem::web::websocket::WebSocketStream, err: &AuthError) {
+async fn close_unauthorized(mut socket: poem::web::websocket::WebSocketStream, err: AuthError) {
     let code = CloseCode::from(CLOSE_UNAUTHORIZED);
     let _ = socket
         .send(Message::Close(Some((code, err.code().to_owned()))))

@@ -32,12 +32,16 @@ impl Session {
         ))
     }
 
-    /// Completes when the token expires (never for anonymous connections).
+    /// Completes when the token expires (never for anonymous connections). The timer is boxed
+    /// so that anonymous connections do not carry its room.
     pub(super) fn expiry(&self) -> impl Future<Output = ()> + 'static {
-        let expires_in = self.principal.expires_in();
+        let timer = self
+            .principal
+            .expires_in()
+            .map(|left| Box::pin(tokio::time::sleep(left)));
         async move {
-            match expires_in {
-                Some(left) => tokio::time::sleep(left).await,
+            match timer {
+                Some(timer) => timer.await,
                 None => std::future::pending().await,
             }
         }

@@ -103,7 +103,8 @@ impl Session {
                 }
                 _ = closer.closed() => return,
                 () = expiry => {
-                    self.expire().await;
+                    // Boxed, like the refresh: rare, and idle connections should not carry it.
+                    Box::pin(self.expire()).await;
                     return;
                 }
                 next = tokio::time::timeout(self.ctx.idle_timeout, stream.next()) => next,
@@ -204,7 +205,9 @@ impl Session {
                         Ok(())
                     })
             }
-            Command::Auth { token } => self.reauthenticate(&token, id.as_ref()).await,
+            // Boxed: verifying may fetch a JWKS (a large future), and every connection's task
+            // would otherwise reserve room for it while idle.
+            Command::Auth { token } => Box::pin(self.reauthenticate(&token, id.as_ref())).await,
             Command::Ping => {
                 self.send(
                     ServerFrame::Pong {
