@@ -61,14 +61,16 @@ impl Serialize for Envelope {
 impl Envelope {
     /// An envelope carrying `message` and, when there is one, the trace context it belongs to.
     pub fn new(message: StoredMessage, trace: Option<&SpanContext>) -> Self {
-        let TraceHeaders {
-            traceparent,
-            tracestate,
-        } = trace.map(TraceHeaders::of).unwrap_or_default();
+        Self::carrying(message, trace.map(TraceHeaders::of).unwrap_or_default())
+    }
+
+    /// An envelope carrying `message` and trace headers as received (passed on verbatim: the
+    /// worker parses them only when it exports spans of its own).
+    pub fn carrying(message: StoredMessage, headers: TraceHeaders) -> Self {
         Self {
             message,
-            traceparent,
-            tracestate,
+            traceparent: headers.traceparent,
+            tracestate: headers.tracestate,
         }
     }
 

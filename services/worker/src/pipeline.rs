@@ -29,7 +29,7 @@ use chat_core::backoff::Backoff;
 use chat_core::envelope::Envelope;
 use chat_core::message::{IdPrefix, NewMessage, RecordOrigin, RejectReason};
 use chat_core::store::{is_broken_seq_invariant, Outcome, Refusal, Store};
-use chat_core::telemetry::{self, MessageSpan};
+use chat_core::telemetry::{self, MessageSpan, TraceHeaders};
 use opentelemetry::trace::{SpanContext, SpanKind};
 use opentelemetry::KeyValue;
 use tokio_util::sync::CancellationToken;
@@ -92,10 +92,10 @@ impl Pipeline {
         if telemetry::enabled() {
             traces
                 .iter()
-                .flatten()
-                .filter(|context| context.is_sampled())
+                .filter_map(TraceHeaders::span_context)
+                .filter(SpanContext::is_sampled)
                 .take(telemetry::MAX_LINKS)
-                .for_each(|context| telemetry::add_link(batch_span, context.clone()));
+                .for_each(|context| telemetry::add_link(batch_span, context));
         }
 
         let mut stored = Vec::with_capacity(valid.len());
@@ -337,12 +337,13 @@ struct Rejected<'a> {
     reason: RejectReason,
 }
 
-/// A batch parsed at the edge: the valid messages (with their records and the trace contexts
-/// of their `traceparent` / `tracestate` headers, index by index) and the rejected records.
+/// A batch parsed at the edge: the valid messages (with their records and their `traceparent` /
+/// `tracestate` headers, unparsed, index by index) and the rejected records. The headers are
+/// parsed only when spans are exported; otherwise they travel on to the envelope verbatim.
 struct Parsed<'a> {
     valid: Vec<NewMessage>,
     sources: Vec<&'a Record>,
-    traces: Vec<Option<SpanContext>>,
+    traces: Vec<TraceHeaders>,
     rejected: Vec<Rejected<'a>>,
 }
 
@@ -376,7 +377,7 @@ fn parse(batch: &[Record]) -> Parsed<'_> {
             Ok(message) => {
                 parsed.valid.push(message);
                 parsed.sources.push(record);
-                parsed.traces.push(record.span_context());
+                parsed.traces.push(record.trace_headers());
             }
             Err(reason) => parsed.rejected.push(Rejected {
                 record,
@@ -450,12 +451,12 @@ fn trace_messages(
 /// stored seq: the attempt that stored it may have died before publishing. `outcomes` holds no
 /// conflict (those are dead-lettered).
 /// Takes the outcomes by value so each stored message moves into its envelope, uncloned.
-fn to_envelopes(outcomes: Vec<Outcome>, traces: Vec<Option<SpanContext>>) -> Vec<Envelope> {
+fn to_envelopes(outcomes: Vec<Outcome>, traces: Vec<TraceHeaders>) -> Vec<Envelope> {
     let mut seen = HashSet::with_capacity(outcomes.len());
     outcomes
         .into_iter()
         .zip(traces)
         .filter(|(outcome, _)| seen.insert(outcome.message().id))
-        .map(|(outcome, trace)| Envelope::new(outcome.into_message(), trace.as_ref()))
+        .map(|(outcome, trace)| Envelope::carrying(outcome.into_message(), trace))
         .collect()
 }

@@ -3,7 +3,6 @@
 
 use chat_core::telemetry::TraceHeaders;
 use chrono::{DateTime, Utc};
-use opentelemetry::trace::SpanContext;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 /// An owned copy of a consumed record.
@@ -52,9 +51,9 @@ impl Record {
             .and_then(|value| std::str::from_utf8(value).ok())
     }
 
-    /// The W3C trace context the producer sent in the `traceparent` / `tracestate` headers.
-    pub fn span_context(&self) -> Option<SpanContext> {
-        self.header_str(chat_core::telemetry::TRACEPARENT_HEADER)?;
-        TraceHeaders::from_lookup(|name| self.header_str(name)).span_context()
+    /// The `traceparent` / `tracestate` headers the producer sent, unparsed (nothing is
+    /// allocated for a record without them).
+    pub fn trace_headers(&self) -> TraceHeaders {
+        TraceHeaders::from_lookup(|name| self.header_str(name))
     }
 }

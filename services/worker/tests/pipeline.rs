@@ -402,3 +402,31 @@ async fn a_user_id_travels_from_the_record_to_the_row_and_the_envelope() {
     worker.stop().await;
     world.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_headers_travel_to_the_envelope_verbatim_when_the_worker_exports_no_spans() {
+    let world = World::new(1).await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut traced = TestRecord::chat("#traced", "alice", "with context");
+    traced.headers = vec![
+        ("traceparent".into(), traceparent.into()),
+        ("tracestate".into(), "vendor=abc".into()),
+    ];
+    world
+        .produce(&[traced, TestRecord::chat("#traced", "bob", "without")])
+        .await;
+    let worker = InProcessWorker::start(world.settings()).await;
+    assert!(eventually(SETTLE, || async { world.tap.len() >= 2 }).await);
+    let published = world.tap.received();
+    assert_eq!(published[0].traceparent.as_deref(), Some(traceparent));
+    assert_eq!(published[0].tracestate.as_deref(), Some("vendor=abc"));
+    assert_eq!(
+        (
+            published[1].traceparent.as_deref(),
+            published[1].tracestate.as_deref()
+        ),
+        (None, None)
+    );
+    worker.stop().await;
+    world.finish().await;
+}

@@ -23,6 +23,15 @@ impl ErrorBody {
     }
 }
 
+/// A JSON problem response outside the OpenAPI operations (the WebSocket upgrade, the
+/// development sign-in, poem's own errors).
+pub fn problem(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = ErrorBody::new(code, message);
+    poem::web::Json(serde_json::json!({"code": body.code, "message": body.message}))
+        .with_status(status)
+        .into_response()
+}
+
 /// The stable code of a status that poem or poem-openapi produced on its own.
 pub fn code_for_status(status: StatusCode) -> &'static str {
     match status {
@@ -47,8 +56,5 @@ pub async fn render(err: poem::Error) -> Response {
     } else {
         err.to_string()
     };
-    let body = ErrorBody::new(code_for_status(status), message);
-    poem::web::Json(serde_json::json!({"code": body.code, "message": body.message}))
-        .with_status(status)
-        .into_response()
+    problem(status, code_for_status(status), message)
 }

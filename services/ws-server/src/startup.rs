@@ -11,7 +11,7 @@ use chat_service::http::HttpListener;
 
 use poem::endpoint::BoxEndpoint;
 use poem::http::Method;
-use poem::middleware::Cors;
+use poem::middleware::{Cors, SizeLimit};
 use poem::{get, EndpointExt, IntoEndpoint, Response, Route};
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
@@ -180,7 +180,9 @@ impl Application {
             .at("/docs", get(page::docs(docs_html)))
             .at(
                 "/dev/token",
-                poem::post(page::dev_token).data(self.sessions.gate.clone()),
+                poem::post(page::dev_token)
+                    .data(self.sessions.gate.clone())
+                    .with(SizeLimit::new(page::DEV_TOKEN_MAX_BODY)),
             )
             .nest_no_strip(
                 "/channels",

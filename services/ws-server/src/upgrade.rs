@@ -12,13 +12,13 @@ use futures::future::Either;
 use futures::SinkExt;
 use poem::http::{header, StatusCode};
 use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketConfig};
-use poem::web::{Data, Json};
+use poem::web::Data;
 use poem::{handler, IntoResponse, Request, Response};
-use serde_json::json;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::gate::bearer;
 use crate::auth::AuthError;
+use crate::error::problem;
 use crate::session::{self, SessionContext, CLOSE_UNAUTHORIZED};
 
 /// Initial read buffer of a WebSocket connection: tungstenite reserves 128 KiB by default, most
@@ -40,7 +40,7 @@ pub async fn ws(
     Data(state): Data<&Arc<Upgrade>>,
 ) -> Response {
     if state.draining.load(Ordering::Relaxed) {
-        return refuse(
+        return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "the server is shutting down; reconnect elsewhere",
@@ -57,7 +57,7 @@ pub async fn ws(
         .origins()
         .allows(header(header::ORIGIN), header(header::HOST))
     {
-        return refuse(
+        return problem(
             StatusCode::FORBIDDEN,
             "forbidden_origin",
             "this origin may not open a WebSocket here (WS_ALLOWED_ORIGINS)",
@@ -114,22 +114,12 @@ async fn close_unauthorized(mut socket: poem::web::websocket::WebSocketStream, e
 
 fn unauthorized(err: &AuthError) -> Response {
     if err.is_server_side() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            err.code(),
-            &err.to_string(),
-        );
+        return problem(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string());
     }
-    let mut response = refuse(StatusCode::UNAUTHORIZED, err.code(), &err.to_string());
+    let mut response = problem(StatusCode::UNAUTHORIZED, err.code(), err.to_string());
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         poem::http::HeaderValue::from_static(r#"Bearer realm="chat""#),
     );
     response
-}
-
-fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    Json(json!({"code": code, "message": message}))
-        .with_status(status)
-        .into_response()
 }

@@ -6,7 +6,6 @@
 //! bundle is allowed by its SHA-256 hashes, computed once at start-up), `frame-ancestors
 //! 'none'`, `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -19,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::gate::Gate;
 use crate::auth::DevTokenError;
+use crate::error::problem;
 
 /// The chat page's policy: its own files only; WebSockets to its own origin.
 const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -85,10 +85,9 @@ pub fn docs(html: String) -> impl Endpoint {
          form-action 'none'; frame-ancestors 'none'",
         inline_script_hashes(&html).join(" ")
     );
-    let html: Arc<str> = html.into();
-    poem::endpoint::make_sync(move |_| {
-        secured("text/html; charset=utf-8", html.to_string(), &policy)
-    })
+    // Bytes: each response shares the page instead of copying it.
+    let html = bytes::Bytes::from(html);
+    poem::endpoint::make_sync(move |_| secured("text/html; charset=utf-8", html.clone(), &policy))
 }
 
 /// `'sha256-…'` sources for every inline `<script>` of `html`.
@@ -121,24 +120,24 @@ struct DevTokenRequest {
     name: String,
 }
 
+/// Largest `POST /dev/token` body: `{"name": …}` with a 64-character name fits many times.
+pub const DEV_TOKEN_MAX_BODY: usize = 1024;
+
 /// `POST /dev/token {"name": "…"}`: a short-lived HS256 token for anyone, with every right.
-/// Only with `AUTH_DEV_TOKENS=true` (404 otherwise): never in production.
+/// Only with `AUTH_DEV_TOKENS=true` (404 otherwise): never in production. The route sits behind
+/// a size limit of [`DEV_TOKEN_MAX_BODY`] (413 above it, 411 without a `Content-Length`), so the
+/// body is never read past it.
 #[handler]
 pub fn dev_token(Data(gate): Data<&Gate>, body: poem::Result<Json<DevTokenRequest>>) -> Response {
-    let refuse = |status: StatusCode, code: &str, message: &str| {
-        Json(json!({"code": code, "message": message}))
-            .with_status(status)
-            .into_response()
-    };
     let Ok(Json(request)) = body else {
-        return refuse(
+        return problem(
             StatusCode::BAD_REQUEST,
             "bad_request",
             r#"the body must be JSON: {"name": "…"}"#,
         );
     };
     match gate.dev_token(&request.name, DEV_TOKEN_TTL) {
-        None => refuse(
+        None => problem(
             StatusCode::NOT_FOUND,
             "not_found",
             "development tokens are off (AUTH_DEV_TOKENS)",
@@ -149,14 +148,14 @@ pub fn dev_token(Data(gate): Data<&Gate>, body: poem::Result<Json<DevTokenReques
             "expires_in": DEV_TOKEN_TTL.as_secs(),
         }))
         .into_response(),
-        Some(Err(DevTokenError::InvalidName)) => refuse(
+        Some(Err(DevTokenError::InvalidName)) => problem(
             StatusCode::BAD_REQUEST,
             "invalid_name",
             "name must be 1 to 64 characters without control characters",
         ),
         Some(Err(err)) => {
             tracing::warn!(error = %err, "signing a development token failed");
-            refuse(
+            problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "no development token could be signed",

@@ -402,6 +402,17 @@ async fn the_page_signs_in_through_the_development_endpoint_only_when_it_is_on()
         .await
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
+    // The body is bounded before it is read.
+    let huge = http
+        .post(stack.http("/dev/token"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"name": "{}"}}"#, "x".repeat(64 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status().as_u16(), 413);
+    let body: Value = huge.json().await.unwrap();
+    assert_eq!(body["code"], "payload_too_large", "{body}");
     stack.finish().await;
 
     let stack = jwt_stack(|_| {}).await;
