@@ -15,6 +15,9 @@ pub struct Metrics {
     pub connections: IntGauge,
     pub subscriptions: IntGauge,
     pub hub_channels: IntGauge,
+    pub hub_evictions: IntCounter,
+    pub envelopes_dropped: IntCounterVec,
+    pub rate_limit_closes: IntCounter,
     pub deliveries: IntCounter,
     pub delivery_latency: Histogram,
     pub backfills: IntCounterVec,
@@ -40,6 +43,19 @@ impl Metrics {
             hub_channels: r.gauge(
                 "hub_channels",
                 "Channels this process is subscribed to on Redis",
+            ),
+            hub_evictions: r.counter(
+                "hub_evictions_total",
+                "Unused channels dropped early to make room for a new one (HUB_MAX_CHANNELS)",
+            ),
+            envelopes_dropped: r.counter_vec(
+                "envelopes_dropped_total",
+                "Redis payloads not delivered, by reason (undecodable, invalid, wrong_channel, not_in_log)",
+                &["reason"],
+            ),
+            rate_limit_closes: r.counter(
+                "rate_limit_closes_total",
+                "Connections closed with 4029 for staying over their command rate limits",
             ),
             deliveries: r.counter(
                 "deliveries_total",

@@ -75,6 +75,8 @@ pub enum ErrorCode {
     BinaryNotSupported,
     PublishFailed,
     HistoryUnavailable,
+    RateLimited,
+    ServerBusy,
 }
 
 /// A refused command: the code, a human explanation, and the command's `id` if it had one.

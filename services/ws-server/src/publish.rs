@@ -88,12 +88,22 @@ pub struct KafkaPublisher {
 }
 
 impl KafkaPublisher {
-    pub fn new(brokers: &str, topic: &str) -> Result<Self, rdkafka::error::KafkaError> {
+    /// A producer whose queue holds at most `queue_kbytes` KiB of records (and librdkafka's
+    /// default 100,000 of them): a publish that finds it full fails at once.
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        queue_kbytes: u32,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
+            .set(
+                "queue.buffering.max.kbytes",
+                queue_kbytes.max(1).to_string(),
+            )
             .set(
                 "message.timeout.ms",
                 DELIVERY_TIMEOUT.as_millis().to_string(),
@@ -156,8 +166,9 @@ impl KafkaPublisher {
                 });
             record = record.headers(headers);
         }
+        // A full producer queue fails at once instead of waiting for room: the client retries.
         self.producer
-            .send(record, DELIVERY_TIMEOUT)
+            .send(record, Duration::ZERO)
             .await
             .map(|_| ())
             .map_err(|(err, _)| err)

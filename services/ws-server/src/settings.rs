@@ -9,6 +9,7 @@ use clap::Parser;
 
 use crate::auth::settings::AuthSettings;
 use crate::hub::HubOptions;
+use crate::session::limits::ClientLimits;
 
 /// The command line of `chat-ws-server`: every setting, each also an environment variable.
 #[derive(Debug, Clone, Parser)]
@@ -23,6 +24,10 @@ pub struct Settings {
     /// Topic that published messages are produced to.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
     pub kafka_topic: String,
+    /// Memory of the Kafka producer's queue, in KiB (librdkafka `queue.buffering.max.kbytes`):
+    /// when it is full a publish is refused at once (`publish_failed`, REST 503).
+    #[arg(long, env = "KAFKA_PRODUCER_QUEUE_KBYTES", default_value_t = 32 * 1024)]
+    pub kafka_producer_queue_kbytes: u32,
     #[command(flatten)]
     pub postgres: PostgresArgs,
     /// Size of the PostgreSQL connection pool.
@@ -54,16 +59,19 @@ pub struct Settings {
     /// left or its last REST read; 0: unsubscribe at once.
     #[arg(long, env = "CHANNEL_LINGER_SECS", default_value_t = 30)]
     pub channel_linger_secs: u64,
+    /// Most channels the hub holds (live, lingering and watched); past it the least recently
+    /// used lingering channel is evicted, and a subscribe to a new channel when none lingers is
+    /// refused with `server_busy`.
+    #[arg(long, env = "HUB_MAX_CHANNELS", default_value_t = 10_000)]
+    pub hub_max_channels: usize,
     /// Most channels kept subscribed for REST readers alone (no WebSocket subscriber).
     #[arg(long, env = "HISTORY_CACHE_WATCHED_CHANNELS", default_value_t = 1000)]
     pub history_cache_watched_channels: usize,
     /// Most subscriptions one WebSocket connection may hold.
     #[arg(long, env = "WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub ws_max_subscriptions: usize,
-    /// Frames waiting to be written to one connection before it counts as a slow consumer and is
-    /// closed with 4008.
-    #[arg(long, env = "WS_OUTBOUND_QUEUE", default_value_t = 1024)]
-    pub ws_outbound_queue: usize,
+    #[command(flatten)]
+    pub client_limits: ClientLimits,
     /// Largest accepted incoming WebSocket frame or message, in bytes; a bigger one closes with 1009.
     #[arg(long, env = "WS_MAX_FRAME_BYTES", default_value_t = 65536)]
     pub ws_max_frame_bytes: usize,
@@ -93,7 +101,8 @@ impl Settings {
 
     pub fn hub_options(&self) -> HubOptions {
         HubOptions {
-            buffer_limit: self.ws_outbound_queue,
+            buffer_limit: self.client_limits.ws_outbound_queue_bytes,
+            max_channels: self.hub_max_channels,
             history_cache: self.history_cache_messages,
             linger: Duration::from_secs(self.channel_linger_secs),
             max_watched: self.history_cache_watched_channels,

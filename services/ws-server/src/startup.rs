@@ -50,8 +50,17 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let store = settings.postgres.store(settings.database_max_connections)?;
-        let publisher = KafkaPublisher::new(&settings.kafka.kafka_brokers, &settings.kafka_topic)
-            .context("creating the Kafka producer")?;
+        if std::env::var_os("WS_OUTBOUND_QUEUE").is_some() {
+            anyhow::bail!(
+                "WS_OUTBOUND_QUEUE (a frame count) was removed: set WS_OUTBOUND_QUEUE_BYTES instead"
+            );
+        }
+        let publisher = KafkaPublisher::new(
+            &settings.kafka.kafka_brokers,
+            &settings.kafka_topic,
+            settings.kafka_producer_queue_kbytes,
+        )
+        .context("creating the Kafka producer")?;
         let hub_stop = CancellationToken::new();
         let (hub, pubsub) = Hub::new(
             &settings.redis.redis_url,
@@ -79,7 +88,7 @@ impl Application {
             metrics: metrics.clone(),
             limits,
             max_subscriptions: settings.ws_max_subscriptions,
-            outbound_queue: settings.ws_outbound_queue,
+            client_limits: settings.client_limits.clone(),
             ping_interval: settings.ping_interval(),
             idle_timeout: settings.idle_timeout(),
             close_all: CancellationToken::new(),

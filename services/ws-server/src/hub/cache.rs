@@ -85,7 +85,9 @@ impl Hub {
         }
         let watched = channels.values().filter(|state| state.is_unused()).count();
         if watched < self.inner.options.max_watched {
-            self.state(&mut channels, channel).idle(Instant::now());
+            if let Ok(state) = self.state(&mut channels, channel) {
+                state.idle(Instant::now());
+            }
         }
     }
 }

@@ -276,6 +276,17 @@ impl Channel {
         tally
     }
 
+    /// Drops the first pending live message, which the stored log does not reach (see
+    /// [`Sequence::discard_first_pending`]); returns its seq.
+    pub fn discard_unstored(&mut self) -> Option<i64> {
+        self.sequence.discard_first_pending()
+    }
+
+    /// Since when a channel without subscribers lingers; `None` while it has subscribers.
+    pub fn idle_since(&self) -> Option<Instant> {
+        self.idle_since.filter(|_| self.is_unused())
+    }
+
     /// The Redis SUBSCRIBE is confirmed: wakes the subscribers waiting for it.
     pub fn confirmed(&mut self) {
         self.on_redis = true;

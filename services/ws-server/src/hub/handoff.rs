@@ -27,7 +27,7 @@ impl Hub {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (snapshot, ready) = {
             let mut channels = self.lock();
-            let state = self.state(&mut channels, channel);
+            let state = self.state(&mut channels, channel)?;
             let (snapshot, ready) = state.join(id, outbox, latest);
             if latest.is_some() {
                 let outcome = if snapshot.is_some() { "hit" } else { "miss" };

@@ -36,7 +36,11 @@ impl Hub {
         options.history_cache > 0 && !options.linger.is_zero()
     }
 
-    fn drop_channel(&self, channels: &mut HashMap<ChannelName, Channel>, channel: &ChannelName) {
+    pub(super) fn drop_channel(
+        &self,
+        channels: &mut HashMap<ChannelName, Channel>,
+        channel: &ChannelName,
+    ) {
         if channels.remove(channel).is_some() {
             self.inner.metrics.hub_channels.dec();
             let _ = self

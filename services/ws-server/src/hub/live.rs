@@ -5,6 +5,7 @@
 use std::time::SystemTime;
 
 use chat_core::envelope::Envelope;
+use chat_core::message::{validate_author, validate_text, validate_user_id, MAX_RECORD_BYTES};
 use chat_core::telemetry::{self, MessageSpan};
 use chrono::Utc;
 use opentelemetry::trace::SpanKind;
@@ -20,14 +21,16 @@ impl Hub {
         let Some(name) = redis_name.strip_prefix(&self.inner.prefix) else {
             return;
         };
-        let envelope = match Envelope::decode(payload) {
+        let envelope = match decode(payload) {
             Ok(envelope) => envelope,
-            Err(err) => {
-                tracing::warn!(redis.channel = redis_name, error = %err, "undecodable envelope dropped");
+            Err((reason, err)) => {
+                self.dropped(reason);
+                tracing::warn!(redis.channel = redis_name, error = %err, "{reason} envelope dropped");
                 return;
             }
         };
         if envelope.message.channel.as_str() != name {
+            self.dropped("wrong_channel");
             tracing::warn!(
                 redis.channel = redis_name,
                 "envelope of another channel dropped"
@@ -87,5 +90,69 @@ impl Hub {
             span.set_attribute(KeyValue::new("chat.delivery", received.label()));
             span.end();
         }
+    }
+}
+
+/// Largest payload accepted from Redis: twice the largest record (escaping can grow a text).
+const MAX_ENVELOPE_BYTES: usize = 2 * MAX_RECORD_BYTES;
+
+/// Decodes a Redis payload and checks it is a message the worker could have stored: size,
+/// `seq` from 1, and the author, text and user id rules of the log. What fails is dropped (with
+/// the reason as a metric label): Redis is trusted for delivery, not for content.
+fn decode(payload: &[u8]) -> Result<Envelope, (&'static str, String)> {
+    if payload.len() > MAX_ENVELOPE_BYTES {
+        let err = format!("{} bytes, above {MAX_ENVELOPE_BYTES}", payload.len());
+        return Err(("invalid", err));
+    }
+    let envelope = Envelope::decode(payload).map_err(|err| ("undecodable", err.to_string()))?;
+    let message = &envelope.message;
+    if message.seq < 1 {
+        return Err(("invalid", format!("seq {} is below 1", message.seq)));
+    }
+    validate_author(&message.author)
+        .and_then(|()| validate_text(&message.text))
+        .and_then(|()| message.user_id.as_deref().map_or(Ok(()), validate_user_id))
+        .map_err(|reason| ("invalid", reason.to_string()))?;
+    Ok(envelope)
+}
+
+impl Hub {
+    pub(super) fn dropped(&self, reason: &'static str) {
+        self.inner
+            .metrics
+            .envelopes_dropped
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::testing::stored;
+
+    fn payload(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut json = serde_json::to_value(Envelope::new(stored(3), None)).unwrap();
+        edit(&mut json);
+        serde_json::to_vec(&json).unwrap()
+    }
+
+    #[test]
+    fn an_envelope_of_the_log_is_accepted() {
+        assert_eq!(decode(&payload(|_| {})).unwrap().message.seq, 3);
+    }
+
+    #[test]
+    fn envelopes_the_worker_could_not_have_stored_are_refused() {
+        let refused = |edit: fn(&mut serde_json::Value)| decode(&payload(edit)).unwrap_err().0;
+        assert_eq!(refused(|j| j["seq"] = 0.into()), "invalid");
+        assert_eq!(refused(|j| j["seq"] = (-5).into()), "invalid");
+        assert_eq!(refused(|j| j["author"] = "".into()), "invalid");
+        assert_eq!(refused(|j| j["text"] = "a\u{0}b".into()), "invalid");
+        assert_eq!(refused(|j| j["text"] = "x".repeat(4001).into()), "invalid");
+        assert_eq!(refused(|j| j["channel"] = "bad name".into()), "undecodable");
+        assert_eq!(refused(|j| j["seq"] = "one".into()), "undecodable");
+        let huge = vec![b' '; MAX_ENVELOPE_BYTES + 1];
+        assert_eq!(decode(&huge).unwrap_err().0, "invalid");
     }
 }

@@ -84,6 +84,8 @@ pub struct HubOptions {
     pub linger: Duration,
     /// Most channels kept only for REST readers (no WebSocket subscriber).
     pub max_watched: usize,
+    /// Most channels held at all; past it the longest-idle unused channel is evicted.
+    pub max_channels: usize,
 }
 
 /// Why a subscription could not be set up.
@@ -91,6 +93,9 @@ pub struct HubOptions {
 pub enum HubError {
     #[error("the live stream (Redis) is unavailable")]
     Unavailable,
+    /// The hub holds `HUB_MAX_CHANNELS` channels, each with a subscriber.
+    #[error("this server holds its maximum of {0} channels")]
+    Full(usize),
 }
 
 struct Inner {
@@ -149,6 +154,7 @@ impl Hub {
                 prefix: prefix.to_owned(),
                 options: HubOptions {
                     buffer_limit: options.buffer_limit.max(1),
+                    max_channels: options.max_channels.max(1),
                     ..options
                 },
                 metrics,
@@ -176,13 +182,31 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The channel's state, created (and subscribed on Redis) if it is new.
+    /// The channel's state, created (and subscribed on Redis) if it is new. At
+    /// `HUB_MAX_CHANNELS`, a new channel first evicts the longest-idle unused one; when every
+    /// channel has a subscriber, it is refused.
     fn state<'a>(
         &self,
         channels: &'a mut HashMap<ChannelName, Channel>,
         channel: &ChannelName,
-    ) -> &'a mut Channel {
-        channels.entry(channel.clone()).or_insert_with(|| {
+    ) -> Result<&'a mut Channel, HubError> {
+        let max = self.inner.options.max_channels;
+        if !channels.contains_key(channel) && channels.len() >= max {
+            let now = std::time::Instant::now();
+            let evict = channels
+                .iter()
+                .filter(|(_, state)| state.is_unused())
+                .min_by_key(|(_, state)| state.idle_since().unwrap_or(now))
+                .map(|(name, _)| name.clone());
+            match evict {
+                Some(evict) => {
+                    self.drop_channel(channels, &evict);
+                    self.inner.metrics.hub_evictions.inc();
+                }
+                None => return Err(HubError::Full(max)),
+            }
+        }
+        Ok(channels.entry(channel.clone()).or_insert_with(|| {
             self.inner.metrics.hub_channels.inc();
             let _ = self
                 .inner
@@ -194,7 +218,7 @@ impl Hub {
                 options.buffer_limit,
                 options.history_cache,
             )
-        })
+        }))
     }
 
     /// Counts what a step of a channel did.

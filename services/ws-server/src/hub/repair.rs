@@ -9,6 +9,12 @@ use chat_core::channel::ChannelName;
 
 use super::{Hub, PAGE_SIZE};
 
+/// Reads of a gap repair that may find the stored log ending below the first pending live
+/// message before that message is dropped as not of the log (the worker publishes a message
+/// only after it and every seq before it are committed, so one read normally settles it; the
+/// others allow for a read that raced the commit).
+const FRUITLESS_READS: u32 = 3;
+
 impl Hub {
     pub(super) fn spawn_repair(&self, channel: ChannelName, reason: &'static str) {
         self.inner
@@ -24,6 +30,7 @@ impl Hub {
     /// was delivered (and, after a reconnect, until the stored log is exhausted).
     async fn repair(&self, channel: ChannelName) {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut fruitless = 0;
         loop {
             // Decide the next read under the lock; finish when nothing is missing.
             let read = {
@@ -81,9 +88,27 @@ impl Hub {
                     break;
                 }
             }
-            if !progressed && upto.is_some() {
-                // The log does not have the messages yet; give it a moment.
-                tokio::time::sleep(backoff.next_delay()).await;
+            let Some(upto) = upto else { continue };
+            if cursor >= upto {
+                fruitless = 0;
+                continue;
+            }
+            // The log ends below the first pending message.
+            fruitless += 1;
+            if fruitless < FRUITLESS_READS {
+                if !progressed {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                continue;
+            }
+            fruitless = 0;
+            let mut channels = self.lock();
+            let Some(state) = channels.get_mut(&channel) else {
+                return;
+            };
+            if let Some(seq) = state.discard_unstored() {
+                self.dropped("not_in_log");
+                tracing::warn!(channel = %channel, message.seq = seq, log.last_seq = cursor, "live message above the stored log dropped");
             }
         }
     }

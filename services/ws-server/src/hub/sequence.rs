@@ -146,6 +146,13 @@ impl Sequence {
         })
     }
 
+    /// Drops the first pending message: repair reads found the stored log ending below it, so
+    /// it is not a message of the log (the worker publishes a message only once it and every
+    /// seq before it are committed). Returns its seq.
+    pub fn discard_first_pending(&mut self) -> Option<i64> {
+        self.pending.pop_first().map(|(seq, _)| seq)
+    }
+
     /// Subscribed again after a reconnect: live messages may have been missed. When anything
     /// was delivered, the repair reads everything after it; returns whether a repair must start.
     pub fn resync(&mut self) -> bool {
@@ -238,6 +245,22 @@ mod tests {
         assert_eq!(sequence.resync_read(), Some(read));
         assert_eq!(sequence.resync_read(), None);
         assert_eq!(sequence.receive(delivery(2)).0, Received::Pending);
+    }
+
+    #[test]
+    fn a_pending_message_the_log_never_reaches_can_be_discarded() {
+        let mut sequence = Sequence::default();
+        sequence.receive(delivery(1));
+        assert_eq!(
+            sequence.receive(delivery(1_000_000)).0,
+            Received::Gap { last: 1 }
+        );
+        assert_eq!(sequence.receive(delivery(2)).0, Received::Pending);
+        assert_eq!(next_pending(&mut sequence), [2]);
+        assert_eq!(sequence.discard_first_pending(), Some(1_000_000));
+        assert_eq!(sequence.gap_read(), None);
+        assert!(!sequence.is_repairing());
+        assert_eq!(sequence.receive(delivery(3)).0, Received::Delivered);
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! One local subscriber of a channel, as the hub sees it: buffering while its session reads
-//! history, then live. No I/O: a frame is handed to the session's [`Outbox`] with `try_send`,
+//! history, then live. No I/O: a frame is handed to the session's [`Outbox`] without waiting,
 //! and a full queue closes the session with [`CLOSE_SLOW_CONSUMER`].
 
 use chat_core::message::StoredMessage;
-use tokio::sync::mpsc::error::TrySendError;
 
-use crate::outbox::{Frame, Outbox, CLOSE_SLOW_CONSUMER};
+use crate::outbox::{Frame, Outbox, Push, CLOSE_SLOW_CONSUMER};
 use crate::protocol;
 use crate::recent::Shared;
 
@@ -29,10 +28,12 @@ impl Delivery {
 }
 
 enum State {
-    /// History is being read: live messages wait here. When more than the limit arrive the
-    /// buffer is dropped and `overflowed` makes the session read PostgreSQL again.
+    /// History is being read: live messages wait here. When their frames add up to more than
+    /// the limit (in bytes) the buffer is dropped and `overflowed` makes the session read
+    /// PostgreSQL again.
     Buffering {
         buffer: Vec<Delivery>,
+        bytes: usize,
         overflowed: bool,
     },
     /// Receiving live messages; `cursor` is the last seq handed to the session.
@@ -89,20 +90,29 @@ impl Subscriber {
             outbox,
             state: State::Buffering {
                 buffer: Vec::new(),
+                bytes: 0,
                 overflowed: false,
             },
         }
     }
 
-    /// The next message of the channel, in order. A buffering subscriber keeps at most
-    /// `buffer_limit` of them; a live one gets those above its cursor.
+    /// The next message of the channel, in order. A buffering subscriber keeps those whose
+    /// frames add up to at most `buffer_limit` bytes; a live one gets those above its cursor.
     pub fn offer(&mut self, delivery: &Delivery, buffer_limit: usize) -> Offer {
         match &mut self.state {
-            State::Buffering { buffer, overflowed } => {
-                if buffer.len() >= buffer_limit {
+            State::Buffering {
+                buffer,
+                bytes,
+                overflowed,
+            } => {
+                if *overflowed {
+                    // Read from PostgreSQL at the hand-over anyway.
+                } else if *bytes + delivery.frame.len() > buffer_limit {
                     buffer.clear();
+                    *bytes = 0;
                     *overflowed = true;
                 } else {
+                    *bytes += delivery.frame.len();
                     buffer.push(delivery.clone());
                 }
                 Offer::Buffered
@@ -111,16 +121,16 @@ impl Subscriber {
                 if delivery.seq <= *cursor {
                     return Offer::Skipped;
                 }
-                match self.outbox.frames.try_send(delivery.frame.clone()) {
-                    Ok(()) => {
+                match self.outbox.try_push(delivery.frame.clone()) {
+                    Push::Queued => {
                         *cursor = delivery.seq;
                         Offer::Sent
                     }
-                    Err(TrySendError::Full(_)) => {
+                    Push::Full => {
                         self.close_slow();
                         Offer::Slow
                     }
-                    Err(TrySendError::Closed(_)) => Offer::Gone,
+                    Push::Gone => Offer::Gone,
                 }
             }
         }
@@ -129,8 +139,14 @@ impl Subscriber {
     /// Live messages may have been lost (the Redis connection dropped): a buffering subscriber
     /// must read PostgreSQL again before it goes live.
     pub fn missed(&mut self) {
-        if let State::Buffering { buffer, overflowed } = &mut self.state {
+        if let State::Buffering {
+            buffer,
+            bytes,
+            overflowed,
+        } = &mut self.state
+        {
             buffer.clear();
+            *bytes = 0;
             *overflowed = true;
         }
     }
@@ -138,22 +154,29 @@ impl Subscriber {
     /// Hands the buffered messages above `cursor` (the last seq its session sent from history)
     /// to the session and makes the subscriber live.
     pub fn go_live(&mut self, cursor: i64) -> Handoff {
-        let State::Buffering { buffer, overflowed } = &mut self.state else {
+        let State::Buffering {
+            buffer,
+            bytes,
+            overflowed,
+        } = &mut self.state
+        else {
             return Handoff::AlreadyLive;
         };
         if *overflowed {
             *overflowed = false;
             buffer.clear();
+            *bytes = 0;
             return Handoff::CatchUp;
         }
         buffer.retain(|d| d.seq > cursor);
+        *bytes = buffer.iter().map(|d| d.frame.len()).sum();
         if buffer.first().is_some_and(|d| d.seq > cursor + 1) {
             return Handoff::CatchUp;
         }
         let mut sent = cursor;
         let buffered = std::mem::take(buffer);
         for (count, delivery) in buffered.iter().enumerate() {
-            if self.outbox.frames.try_send(delivery.frame.clone()).is_err() {
+            if self.outbox.try_push(delivery.frame.clone()) != Push::Queued {
                 self.close_slow();
                 return Handoff::Slow { sent: count };
             }

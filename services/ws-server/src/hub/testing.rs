@@ -1,13 +1,11 @@
 //! Builders for the unit tests of the hub's pure types.
 
+use super::subscriber::Delivery;
+use crate::outbox::{Closer, Inbox, Outbox};
+use crate::recent::Shared;
 use chat_core::channel::ChannelName;
 use chat_core::message::{MessageId, StoredMessage};
 use chrono::Utc;
-use tokio::sync::mpsc;
-
-use super::subscriber::Delivery;
-use crate::outbox::{Closer, Frame, Outbox};
-use crate::recent::Shared;
 
 /// Message `seq` of channel `room`.
 pub fn stored(seq: i64) -> StoredMessage {
@@ -36,21 +34,23 @@ pub fn seqs(messages: &[Shared]) -> Vec<i64> {
     messages.iter().map(|m| m.seq).collect()
 }
 
-/// A session's outbox with a queue of `capacity` frames, and the session's end of it.
-pub fn outbox(capacity: usize) -> (Outbox, mpsc::Receiver<Frame>) {
-    let (frames, queue) = mpsc::channel(capacity);
-    let outbox = Outbox {
-        frames,
-        closer: Closer::default(),
-    };
-    (outbox, queue)
+/// The bytes of `frames` message frames of seqs below 100 (a frame of seq 1 is 2 bytes shorter
+/// than one of seq 99, so no more than `frames` of them fit).
+pub fn room_for(frames: usize) -> usize {
+    frames * delivery(99).frame.len()
+}
+
+/// A session's outbox with a queue of `capacity` frames (see [`room_for`]), and the session's
+/// end of it.
+pub fn outbox(capacity: usize) -> (Outbox, Inbox) {
+    Outbox::new(room_for(capacity), Closer::default())
 }
 
 /// The seqs of the `message` frames waiting in a session's queue, taken out of it.
-pub fn queued(queue: &mut mpsc::Receiver<Frame>) -> Vec<i64> {
+pub fn queued(queue: &mut Inbox) -> Vec<i64> {
     let mut seqs = Vec::new();
-    while let Ok(frame) = queue.try_recv() {
-        let frame: serde_json::Value = serde_json::from_str(&frame).unwrap();
+    while let Ok(queued) = queue.frames.try_recv() {
+        let frame: serde_json::Value = serde_json::from_str(&queued.frame).unwrap();
         assert_eq!(frame["type"], "message");
         seqs.push(frame["message"]["seq"].as_i64().unwrap());
     }

@@ -55,9 +55,8 @@ impl Session {
             "the token expired; connect again with a fresh one",
         ))
         .await;
-        let frames = &self.outbox.frames;
         let drained = async {
-            while frames.capacity() < frames.max_capacity() {
+            while !self.outbox.is_drained() {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
         };

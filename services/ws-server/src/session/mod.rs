@@ -15,24 +15,27 @@ use futures::stream::SplitStream;
 use futures::StreamExt;
 use poem::web::websocket::{Message, WebSocketStream};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::auth::gate::{Gate, Principal};
 use crate::auth::Right;
 use crate::history::{FirstPage, History};
-use crate::hub::{GoLive, Hub, Subscription, PAGE_SIZE};
+use crate::hub::{GoLive, Hub, HubError, Subscription, PAGE_SIZE};
 use crate::metrics::Metrics;
-use crate::outbox::{Closer, Frame, Outbox};
+use crate::outbox::{Closer, Frame, Outbox, MAX_FRAME_BYTES};
 use crate::protocol::{self, Command, ErrorCode, Limits, ProtocolError, ServerFrame, Start};
 use crate::publish::{KafkaPublisher, Publication};
 use crate::recent::JsonList;
 
 mod access;
+pub mod limits;
 mod writer;
 
-use writer::write_loop;
+use limits::{ClientLimits, Kind, Rates, Verdict, CLOSE_RATE_LIMITED};
+
+use writer::Writer;
 
 /// Going away: the server shuts down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -52,7 +55,8 @@ pub struct SessionContext {
     pub metrics: Metrics,
     pub limits: Limits,
     pub max_subscriptions: usize,
-    pub outbound_queue: usize,
+    /// Outbound bytes, write timeout, command rates, publishes in flight.
+    pub client_limits: ClientLimits,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     /// Cancelled when the drain period after SIGTERM is over: every socket closes with 1001.
@@ -63,12 +67,22 @@ pub struct SessionContext {
 pub async fn run(socket: WebSocketStream, ctx: Arc<SessionContext>, principal: Principal) {
     ctx.metrics.connections.inc();
     let (sink, stream) = socket.split();
-    let (frames, queue) = mpsc::channel(ctx.outbound_queue.max(1));
     let closer = Closer::default();
-    let writer = tokio::spawn(write_loop(sink, queue, closer.clone(), ctx.ping_interval));
+    let limits = &ctx.client_limits;
+    let (outbox, inbox) = Outbox::new(limits.ws_outbound_queue_bytes, closer.clone());
+    let writer = Writer {
+        sink,
+        inbox,
+        closer,
+        ping_interval: ctx.ping_interval,
+        write_timeout: limits.write_timeout(),
+    };
+    let writer = tokio::spawn(writer.run());
     let mut session = Session {
-        outbox: Outbox { frames, closer },
+        outbox,
         subscriptions: HashMap::new(),
+        rates: limits.rates(),
+        in_flight: Arc::new(Semaphore::new(limits.ws_publishes_in_flight.max(1))),
         ctx: Arc::clone(&ctx),
         principal,
     };
@@ -87,6 +101,9 @@ struct Session {
     ctx: Arc<SessionContext>,
     /// Who is on the other end; replaced by an `auth` command.
     principal: Principal,
+    rates: Rates,
+    /// Publishes waiting for Kafka's acknowledgement, at most `WS_PUBLISHES_IN_FLIGHT`.
+    in_flight: Arc<Semaphore>,
 }
 
 impl Session {
@@ -153,7 +170,33 @@ impl Session {
     }
 
     async fn handle(&mut self, text: &str) {
-        let request = match protocol::parse(text, self.ctx.limits) {
+        let parsed = protocol::parse(text, self.ctx.limits);
+        let kind = match &parsed {
+            Ok(request) if matches!(request.command, Command::Publish(_)) => Kind::Publish,
+            _ => Kind::Command,
+        };
+        match self.rates.check(kind) {
+            Verdict::Allowed => {}
+            Verdict::Limited => {
+                let id = parsed.ok().and_then(|request| request.id);
+                let err = ProtocolError::new(
+                    ErrorCode::RateLimited,
+                    match kind {
+                        Kind::Publish => "too many publishes; slow down (WS_PUBLISH_RATE)",
+                        Kind::Command => "too many commands; slow down (WS_COMMAND_RATE)",
+                    },
+                );
+                return self.reply_error(err.reply_to(id)).await;
+            }
+            Verdict::Abusive => {
+                self.ctx.metrics.rate_limit_closes.inc();
+                self.outbox
+                    .closer
+                    .close(CLOSE_RATE_LIMITED, "rate limit exceeded");
+                return;
+            }
+        }
+        let request = match parsed {
             Ok(request) => request,
             Err(err) => return self.reply_error(err).await,
         };
@@ -192,18 +235,24 @@ impl Session {
                 }
             }
             Command::Publish(draft) => {
-                self.authorize(&draft.channel, Right::Publish)
+                let publication = self
+                    .authorize(&draft.channel, Right::Publish)
                     .and_then(|()| {
-                        let publication = draft.by(&self.principal).map_err(|reason| {
+                        draft.by(&self.principal).map_err(|reason| {
                             let code = match reason {
                                 RejectReason::MissingField(_) => ErrorCode::MissingField,
                                 _ => ErrorCode::InvalidMessage,
                             };
                             ProtocolError::new(code, reason.to_string())
-                        })?;
-                        self.publish(publication, id.clone());
+                        })
+                    });
+                match publication {
+                    Ok(publication) => {
+                        self.publish(publication, id.clone()).await;
                         Ok(())
-                    })
+                    }
+                    Err(err) => Err(err),
+                }
             }
             // Boxed: verifying may fetch a JWKS (a large future), and every connection's task
             // would otherwise reserve room for it while idle.
@@ -263,7 +312,13 @@ impl Session {
             .hub
             .subscribe(&channel, self.outbox.clone(), HUB_WAIT, newest)
             .await
-            .map_err(|_| unavailable("the live stream"))?;
+            .map_err(|err| match err {
+                HubError::Full(_) => ProtocolError::new(
+                    ErrorCode::ServerBusy,
+                    format!("{err} (HUB_MAX_CHANNELS); retry later"),
+                ),
+                HubError::Unavailable => unavailable("the live stream"),
+            })?;
         let FirstPage {
             messages,
             last_seq: mut cursor,
@@ -275,13 +330,33 @@ impl Session {
             .first_page(&channel, start, snapshot)
             .await
             .map_err(|_| unavailable("history"))?;
-        let frame = ServerFrame::Subscribed {
+        // No frame above MAX_FRAME_BYTES: what does not fit in `subscribed` follows as
+        // `message` frames, and `last_seq` is then the last message in `subscribed`.
+        let around = ServerFrame::Subscribed {
             channel: &channel,
-            messages: JsonList(&messages),
+            messages: JsonList(&[]),
             last_seq: cursor,
             reply_to: id,
         };
+        let budget = MAX_FRAME_BYTES.saturating_sub(around.to_json().len() + 32);
+        let (head, tail) = messages.split_at(fitting(&messages, budget));
+        let frame = ServerFrame::Subscribed {
+            channel: &channel,
+            messages: JsonList(head),
+            last_seq: match (head.last(), tail.is_empty()) {
+                (Some(last), false) => last.seq,
+                _ => cursor,
+            },
+            reply_to: id,
+        };
         self.send(frame.to_json()).await;
+        for message in tail {
+            let frame = ServerFrame::Message {
+                channel: &channel,
+                message: &message.json,
+            };
+            self.send(frame.to_json()).await;
+        }
         let mut history = if from_store { messages } else { Vec::new() };
         if more {
             cursor = self.catch_up(&channel, cursor).await?;
@@ -348,10 +423,15 @@ impl Session {
         }
     }
 
-    fn publish(&self, publication: Publication, id: Option<Value>) {
+    /// Produces the message on a task of its own and answers when Kafka did; waits first while
+    /// the connection has `WS_PUBLISHES_IN_FLIGHT` publishes unanswered.
+    async fn publish(&self, publication: Publication, id: Option<Value>) {
+        let Ok(in_flight) = Arc::clone(&self.in_flight).acquire_owned().await else {
+            return;
+        };
         let publisher = self.ctx.publisher.clone();
         let metrics = self.ctx.metrics.clone();
-        let frames = self.outbox.frames.clone();
+        let outbox = self.outbox.clone();
         tokio::spawn(async move {
             let frame = match publisher.publish(&publication).await {
                 Ok(message_id) => {
@@ -378,7 +458,8 @@ impl Session {
                     .to_frame()
                 }
             };
-            let _ = frames.send(frame.into()).await;
+            drop(in_flight);
+            outbox.push(frame.into()).await;
         }.in_current_span());
     }
 
@@ -397,6 +478,20 @@ impl Session {
 
     /// Queues a reply. Replies wait for room (they slow down only this client's own commands).
     async fn send(&self, frame: String) {
-        let _ = self.outbox.frames.send(Frame::from(frame)).await;
+        self.outbox.push(Frame::from(frame)).await;
     }
+}
+
+/// How many of the first `messages` fit in `budget` bytes of a JSON list; at least one (a
+/// single message is always far below the budget).
+fn fitting(messages: &[crate::recent::Shared], budget: usize) -> usize {
+    let mut bytes = 0;
+    let fit = messages
+        .iter()
+        .take_while(|message| {
+            bytes += message.json.get().len() + 1;
+            bytes <= budget
+        })
+        .count();
+    fit.max(1).min(messages.len())
 }

@@ -1,23 +1,24 @@
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use super::*;
-use crate::hub::testing::{delivery, outbox, page, queued, seqs, stored};
-use crate::outbox::{Closer, Frame, CLOSE_SLOW_CONSUMER};
+use crate::hub::testing::{delivery, outbox, page, queued, room_for, seqs, stored};
+use crate::outbox::{Closer, Inbox, CLOSE_SLOW_CONSUMER};
 
-const BUFFER: usize = 100;
+/// Bytes of live messages buffered per subscriber while it reads history: 100 frames.
+fn buffer() -> usize {
+    room_for(100)
+}
 
 /// A channel whose Redis SUBSCRIBE is confirmed.
 fn confirmed(cache: usize) -> Channel {
-    let mut channel = Channel::new(1, BUFFER, cache);
+    let mut channel = Channel::new(1, buffer(), cache);
     channel.confirmed();
     channel
 }
 
 /// Registers subscriber `id` with a queue of `capacity` frames; returns the session's end of the
 /// queue and its closer.
-fn join(channel: &mut Channel, id: u64, capacity: usize) -> (mpsc::Receiver<Frame>, Closer) {
+fn join(channel: &mut Channel, id: u64, capacity: usize) -> (Inbox, Closer) {
     let (outbox, queue) = outbox(capacity);
     let closer = outbox.closer.clone();
     channel.join(id, outbox, None);
@@ -100,7 +101,7 @@ fn a_hole_between_history_and_buffer_means_catch_up() {
 
 #[test]
 fn an_overflowing_buffer_means_catch_up() {
-    let mut channel = Channel::new(1, 2, 10);
+    let mut channel = Channel::new(1, room_for(2), 10);
     let (mut queue, _) = join(&mut channel, 1, 10);
     receive(&mut channel, 1..=3);
     assert_eq!(channel.go_live(1, 0, &[]).0, GoLive::CatchUp);
@@ -121,7 +122,7 @@ fn delivery_appends_to_the_cache_contiguously() {
     channel.backfill(&[stored(6)]);
     assert_eq!(channel.next_repair().0, None);
     assert_eq!(cached_seqs(&channel, 3), Some((vec![5, 6, 7], 7)));
-    let off = Channel::new(1, BUFFER, 0);
+    let off = Channel::new(1, buffer(), 0);
     assert_eq!(cached_seqs(&off, 0), None, "a capacity of 0 turns it off");
 }
 
@@ -194,7 +195,7 @@ fn a_closed_session_leaves_quietly() {
 
 #[test]
 fn subscribers_wait_for_the_redis_subscribe() {
-    let mut channel = Channel::new(1, BUFFER, 10);
+    let mut channel = Channel::new(1, buffer(), 10);
     let (first, _q1) = outbox(10);
     let (_, ready) = channel.join(1, first, None);
     let mut ready = ready.expect("not on Redis yet");
@@ -231,7 +232,7 @@ fn a_snapshot_comes_from_the_cache_only_when_it_covers_the_request() {
 
 #[test]
 fn a_seed_needs_the_same_state_and_a_current_subscription() {
-    let mut channel = Channel::new(7, BUFFER, 10);
+    let mut channel = Channel::new(7, buffer(), 10);
     channel.seed(7, &page(1..=3));
     assert_eq!(cached_seqs(&channel, 3), None, "not on Redis yet");
     channel.confirmed();
@@ -260,7 +261,7 @@ fn a_reconnect_sends_buffering_subscribers_back_to_postgresql() {
     let read = channel.next_repair().0.unwrap();
     assert_eq!((read.after, read.upto), (1, None));
     assert!(
-        !Channel::new(2, BUFFER, 10).reconnected(),
+        !Channel::new(2, buffer(), 10).reconnected(),
         "nothing delivered yet"
     );
 }
