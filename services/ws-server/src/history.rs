@@ -11,10 +11,16 @@ use chat_core::channel::ChannelName;
 use chat_core::message::StoredMessage;
 use chat_core::store::Store;
 
-use crate::hub::{Hub, Newest, Snapshot, PAGE_SIZE};
+use crate::hub::{Hub, Newest, Snapshot};
 use crate::metrics::Metrics;
 use crate::protocol::Start;
 use crate::recent::{Shared, SharedMessage};
+
+/// Messages per PostgreSQL read of a subscription's history (its first page, and each page of
+/// a `since` resume or catch-up). Small, so that what one connection holds while its client
+/// reads slowly stays small whatever the messages hold: 100 messages of at most 4,000
+/// characters are at most 1.6 MB as read, 2.4 MB as JSON.
+pub const READ_PAGE: i64 = 100;
 
 /// A history query failed (PostgreSQL unavailable); it was logged and timed.
 #[derive(Debug, thiserror::Error)]
@@ -104,13 +110,19 @@ impl History {
                 more: false,
                 from_store: false,
             },
-            (Start::Newest(limit), None) => {
+            (Start::Newest(limit), None) if limit <= READ_PAGE => {
                 let newest = self.timed(self.store.newest(channel, limit)).await?;
                 page(&newest, newest.last().map_or(0, |m| m.seq), false)
             }
-            (Start::Since(since), None) => {
+            (start, None) => {
+                // More than a page: seqs are contiguous, so the newest `limit` are those after
+                // `last_seq - limit`, read a page at a time like a resume.
+                let since = match start {
+                    Start::Since(since) => since,
+                    Start::Newest(limit) => (self.last_seq(channel).await? - limit).max(0),
+                };
                 let after = self.after(channel, since).await?;
-                let more = after.len() as i64 == PAGE_SIZE;
+                let more = after.len() as i64 == READ_PAGE;
                 let last_seq = match after.last() {
                     Some(m) => m.seq,
                     None => since.min(self.last_seq(channel).await?),
@@ -120,13 +132,13 @@ impl History {
         })
     }
 
-    /// Up to [`PAGE_SIZE`] messages after `cursor`, oldest first: a resume, one page at a time.
+    /// Up to [`READ_PAGE`] messages after `cursor`, oldest first: a resume, one page at a time.
     pub async fn after(
         &self,
         channel: &ChannelName,
         cursor: i64,
     ) -> Result<Vec<StoredMessage>, Unavailable> {
-        self.timed(self.store.after(channel, cursor, PAGE_SIZE))
+        self.timed(self.store.after(channel, cursor, READ_PAGE))
             .await
     }
 

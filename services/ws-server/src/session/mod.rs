@@ -21,8 +21,8 @@ use tracing::Instrument;
 
 use crate::auth::gate::{Gate, Principal};
 use crate::auth::Right;
-use crate::history::{FirstPage, History};
-use crate::hub::{GoLive, Hub, HubError, Subscription, PAGE_SIZE};
+use crate::history::{FirstPage, History, READ_PAGE};
+use crate::hub::{GoLive, Hub, HubError, Subscription};
 use crate::metrics::Metrics;
 use crate::outbox::{Closer, Frame, Outbox, MAX_FRAME_BYTES};
 use crate::protocol::{self, Command, ErrorCode, Limits, ProtocolError, ServerFrame, Start};
@@ -417,7 +417,7 @@ impl Session {
                 self.send(protocol::message_frame(message).1).await;
                 cursor = message.seq;
             }
-            if (page.len() as i64) < PAGE_SIZE {
+            if (page.len() as i64) < READ_PAGE {
                 return Ok(cursor);
             }
         }

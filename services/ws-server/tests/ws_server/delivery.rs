@@ -202,7 +202,7 @@ async fn killing_the_redis_pubsub_connection_mid_stream_loses_no_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_with_4008_while_the_others_keep_receiving() {
-    let stack = Stack::start_with(|s| s.client_limits.ws_outbound_queue_bytes = 512 * 1024).await;
+    let stack = Stack::start_with(|s| s.client_limits.ws_outbound_queue_bytes = 2 << 20).await;
     // A small receive buffer so the kernel does not absorb megabytes for the stalled client.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
