@@ -1,11 +1,13 @@
 //! chat-ws-server against real Kafka, PostgreSQL and Redis, with the real chat-worker, through
 //! a real WebSocket client. Each test has its own database, topic and Redis prefix.
 
+mod abuse;
 mod auth;
 mod bad_input;
 mod delivery;
 mod idempotent;
 mod poison;
+mod process;
 mod rest;
 mod subscribe;
 mod support;

@@ -1,0 +1,86 @@
+//! The real `chat-ws-server` binary as a child process, for tests that measure the server's own
+//! memory (`/proc/<pid>/status`), which an in-process server shares with the test.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{kafka_brokers, redis_url, Isolation, PATIENCE};
+
+pub struct ServerProcess {
+    child: Child,
+    pub ws_addr: SocketAddr,
+    pub internal_addr: SocketAddr,
+}
+
+/// A port free right now on 127.0.0.1.
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+impl ServerProcess {
+    /// Starts the binary over `iso` (anonymous, like the in-process servers) with `env` on top,
+    /// and waits until it is ready.
+    pub async fn spawn(iso: &Isolation, env: &[(&str, &str)]) -> Self {
+        let ws_addr = free_port();
+        let internal_addr = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_chat-ws-server"))
+            .env_clear()
+            .env("KAFKA_BROKERS", kafka_brokers())
+            .env("KAFKA_TOPIC", &iso.topic)
+            .env("DATABASE_URL", &iso.database_url)
+            .env("REDIS_URL", redis_url())
+            .env("REDIS_PREFIX", &iso.redis_prefix)
+            .env("HTTP_ADDR", ws_addr.to_string())
+            .env("INTERNAL_HTTP_ADDR", internal_addr.to_string())
+            .env("AUTH_MODE", "anonymous")
+            .env("LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("chat-ws-server starts");
+        let server = Self {
+            child,
+            ws_addr,
+            internal_addr,
+        };
+        let ready = format!("http://{internal_addr}/readyz");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(response) = reqwest::get(&ready).await {
+                if response.status().is_success() {
+                    return server;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chat-ws-server never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The process's resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server process is alive");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
