@@ -333,10 +333,11 @@ impl Client {
         reply
     }
 
-    /// Reads until the connection ends, discarding data frames.
+    /// Reads until the connection ends (within [`PATIENCE`] in all), discarding data frames.
     pub async fn until_closed(&mut self) -> Ended {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            match tokio::time::timeout(PATIENCE, self.socket.next())
+            match tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .expect("the connection ends")
             {
