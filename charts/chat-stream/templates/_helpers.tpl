@@ -152,7 +152,16 @@ HISTORY_CACHE_MESSAGES: {{ .Values.wsServer.config.historyCacheMessages | quote 
 CHANNEL_LINGER_SECS: {{ .Values.wsServer.config.channelLingerSecs | quote }}
 HISTORY_CACHE_WATCHED_CHANNELS: {{ .Values.wsServer.config.historyCacheWatchedChannels | quote }}
 WS_MAX_SUBSCRIPTIONS: {{ .Values.wsServer.config.maxSubscriptions | quote }}
-WS_OUTBOUND_QUEUE: {{ .Values.wsServer.config.outboundQueue | quote }}
+WS_OUTBOUND_QUEUE_BYTES: {{ .Values.wsServer.config.outboundQueueBytes | quote }}
+WS_WRITE_TIMEOUT_SECS: {{ .Values.wsServer.config.writeTimeoutSecs | quote }}
+WS_PUBLISH_RATE: {{ .Values.wsServer.config.publishRate | quote }}
+WS_PUBLISH_BURST: {{ .Values.wsServer.config.publishBurst | quote }}
+WS_COMMAND_RATE: {{ .Values.wsServer.config.commandRate | quote }}
+WS_COMMAND_BURST: {{ .Values.wsServer.config.commandBurst | quote }}
+WS_RATE_LIMIT_STRIKES: {{ .Values.wsServer.config.rateLimitStrikes | quote }}
+WS_PUBLISHES_IN_FLIGHT: {{ .Values.wsServer.config.publishesInFlight | quote }}
+HUB_MAX_CHANNELS: {{ .Values.wsServer.config.hubMaxChannels | quote }}
+KAFKA_PRODUCER_QUEUE_KBYTES: {{ .Values.wsServer.config.kafkaProducerQueueKbytes | quote }}
 WS_MAX_FRAME_BYTES: {{ .Values.wsServer.config.maxFrameBytes | quote }}
 WS_PING_INTERVAL_SECS: {{ .Values.wsServer.config.pingIntervalSecs | quote }}
 WS_IDLE_TIMEOUT_SECS: {{ .Values.wsServer.config.idleTimeoutSecs | quote }}
