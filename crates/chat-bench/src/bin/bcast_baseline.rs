@@ -38,7 +38,8 @@ struct Args {
     brokers: String,
     #[arg(long)]
     topic: String,
-    /// Frames waiting per connection before it is closed (same meaning as WS_OUTBOUND_QUEUE).
+    /// Frames waiting per connection before it is closed (the server bounds bytes instead:
+    /// WS_OUTBOUND_QUEUE_BYTES).
     #[arg(long, default_value_t = 1024)]
     outbound_queue: usize,
 }

@@ -61,7 +61,7 @@ impl AddAssign for Tally {
 pub struct Channel {
     /// Tells apart successive states of the same channel (see [`super::Ticket`]).
     generation: u64,
-    /// Most live messages buffered for a subscriber while it reads history.
+    /// Bytes of live message frames buffered for a subscriber while it reads history.
     buffer_limit: usize,
     /// Newest messages kept (0: no cache).
     cache: usize,

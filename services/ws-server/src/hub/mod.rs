@@ -76,7 +76,8 @@ pub const PAGE_SIZE: i64 = 1000;
 /// What the hub caches and for how long.
 #[derive(Debug, Clone, Copy)]
 pub struct HubOptions {
-    /// Most live messages buffered for a subscriber while it reads history.
+    /// Bytes of live message frames buffered for a subscriber while it reads history (past
+    /// it the subscriber reads PostgreSQL again before going live).
     pub buffer_limit: usize,
     /// Newest messages kept per channel (0: no cache).
     pub history_cache: usize,
