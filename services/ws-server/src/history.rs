@@ -22,6 +22,10 @@ use crate::recent::{Shared, SharedMessage};
 /// characters are at most 1.6 MB as read, 2.4 MB as JSON.
 pub const READ_PAGE: i64 = 100;
 
+/// Most bytes of messages in one REST page: a page of `limit` large messages (up to ~24 KB each
+/// as JSON) holds fewer, and its cursors continue from what it holds.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+
 /// A history query failed (PostgreSQL unavailable); it was logged and timed.
 #[derive(Debug, thiserror::Error)]
 #[error("history is unavailable: {0}")]
@@ -142,8 +146,21 @@ impl History {
             .await
     }
 
-    /// A REST page, ascending.
+    /// A REST page, ascending, of at most [`MAX_PAGE_BYTES`]: paging backward (newest, `before`)
+    /// keeps the newest messages, paging forward the oldest, so the cursors continue from it.
     pub async fn page(
+        &self,
+        channel: &ChannelName,
+        cursor: Cursor,
+        limit: i64,
+    ) -> Result<Vec<Shared>, Unavailable> {
+        let mut page = self.uncut_page(channel, cursor, limit).await?;
+        let backward = matches!(cursor, Cursor::Newest | Cursor::Before(_));
+        cut(&mut page, MAX_PAGE_BYTES, backward);
+        Ok(page)
+    }
+
+    async fn uncut_page(
         &self,
         channel: &ChannelName,
         cursor: Cursor,
@@ -211,9 +228,49 @@ impl History {
     }
 }
 
+/// Keeps the messages of `page` that fit in `budget` bytes of JSON (at least one): the newest
+/// when `keep_newest`, else the oldest.
+fn cut(page: &mut Vec<Shared>, budget: usize, keep_newest: bool) {
+    let mut bytes = 0;
+    let mut fits = |message: &&Shared| {
+        bytes += message.json.get().len() + 1;
+        bytes <= budget
+    };
+    let keep = if keep_newest {
+        page.iter().rev().take_while(&mut fits).count()
+    } else {
+        page.iter().take_while(&mut fits).count()
+    }
+    .max(1)
+    .min(page.len());
+    if keep_newest {
+        page.drain(..page.len() - keep);
+    } else {
+        page.truncate(keep);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::testing::page;
+
+    #[test]
+    fn a_page_too_large_keeps_the_end_its_cursors_continue_from() {
+        let one = page(1..=1)[0].json.get().len() + 1;
+        let mut newest = page(1..=10);
+        cut(&mut newest, 3 * one + 10, true);
+        assert_eq!(newest.iter().map(|m| m.seq).collect::<Vec<_>>(), [8, 9, 10]);
+        let mut forward = page(1..=10);
+        cut(&mut forward, 3 * one + 10, false);
+        assert_eq!(forward.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        let mut tiny = page(1..=10);
+        cut(&mut tiny, 1, true);
+        assert_eq!(tiny.iter().map(|m| m.seq).collect::<Vec<_>>(), [10]);
+        let mut small = page(1..=2);
+        cut(&mut small, MAX_PAGE_BYTES, false);
+        assert_eq!(small.len(), 2);
+    }
 
     #[test]
     fn the_cursors_of_a_rest_read_name_one_page() {

@@ -50,7 +50,7 @@ mod repair;
 mod sequence;
 mod subscriber;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -192,6 +192,33 @@ async fn a_large_history_reply_is_cut_into_frames_of_at_most_256_kib() {
         let all: Vec<i64> = head.into_iter().chain(tail).collect();
         assert_contiguous(&all, 301 - limit, 300);
     }
+
+    // REST pages hold at most 1 MiB of messages; the cursors walk the rest.
+    let mut seqs_seen = Vec::new();
+    let mut url = stack.http("/channels/big/messages?limit=300");
+    loop {
+        let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+        assert!(
+            body.len() <= 1024 * 1024 + 1024,
+            "a page of {} bytes",
+            body.len()
+        );
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        let mut seqs = seqs(&page["messages"]);
+        assert!(
+            seqs.len() < 300,
+            "the whole page fit: the test proves nothing"
+        );
+        seqs.extend(seqs_seen);
+        seqs_seen = seqs;
+        match page["next_before"].as_i64() {
+            Some(before) => {
+                url = stack.http(&format!("/channels/big/messages?limit=300&before={before}"))
+            }
+            None => break,
+        }
+    }
+    assert_contiguous(&seqs_seen, 1, 300);
     stack.finish().await;
 }
 
