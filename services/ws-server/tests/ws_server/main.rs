@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod delivery;
+mod edge;
 mod idempotent;
 mod poison;
 mod rest;
