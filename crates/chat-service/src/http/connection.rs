@@ -94,11 +94,11 @@ impl Clock {
 
 /// Everything a connection's task needs besides its socket.
 pub(super) struct Connections {
-    pub endpoint: BoxEndpoint<'static>,
-    pub builder: auto::Builder<TokioExecutor>,
-    pub timeouts: HttpTimeouts,
-    pub local_addr: std::net::SocketAddr,
-    pub timed_out: Option<IntCounterVec>,
+    endpoint: BoxEndpoint<'static>,
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: HttpTimeouts,
+    local_addr: std::net::SocketAddr,
+    timed_out: Option<IntCounterVec>,
 }
 
 impl Connections {
