@@ -1,8 +1,9 @@
 //! `GET /ws`: who may open a WebSocket. Refused before the upgrade, with a JSON body: while
-//! draining (503), past the connection rate of the client's IP (429 `rate_limited`), past the
-//! connections of the process (503 `server_full`) or of the IP (429 `too_many_connections`),
-//! all with `Retry-After`; from a browser origin that is not allowed (403), with a missing or invalid
-//! `Authorization: Bearer` token (401, or 503 while the signing keys cannot be fetched).
+//! draining (503); past the client IP's rate of new connections (429 `rate_limited`), the
+//! process's connections (503 `server_full`) or the IP's (429 `too_many_connections`), all with
+//! `Retry-After` and before any other work; from a browser origin that is not allowed (403);
+//! with a missing or invalid `Authorization: Bearer` token (401, or 503 while the signing keys
+//! cannot be fetched).
 //! Browsers cannot send that header nor read a 401, so they pass the token as `?token=`: an
 //! invalid one gets the upgrade and an immediate close 4001 with the reason, so the page knows
 //! to fetch a new token instead of reconnecting blindly. The token never reaches a log.

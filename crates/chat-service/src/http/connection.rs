@@ -158,9 +158,10 @@ impl Connections {
             tokio::select! {
                 _ = connection.as_mut() => return,
                 waiting = overdue.as_mut() => {
-                    tracing::debug!(peer = %peer, waiting = waiting.label(), "closing an overdue connection");
+                    let waiting = waiting.label();
+                    tracing::debug!(peer = %peer, waiting, "closing an overdue connection");
                     if let Some(counter) = &self.timed_out {
-                        counter.with_label_values(&[waiting.label()]).inc();
+                        counter.with_label_values(&[waiting]).inc();
                     }
                     return;
                 }
