@@ -191,6 +191,33 @@ AUTH_DEV_TOKENS: {{ .devTokens | quote }}
 WS_ALLOWED_ORIGINS: {{ .allowedOrigins | quote }}
 CORS_ALLOWED_ORIGINS: {{ .corsAllowedOrigins | quote }}
 {{- end }}
+{{- with .Values.wsServer.admission }}
+HTTP_HEADER_TIMEOUT_SECS: {{ .headerTimeoutSecs | quote }}
+HTTP_KEEP_ALIVE_TIMEOUT_SECS: {{ .keepAliveTimeoutSecs | quote }}
+HTTP_MAX_BODY_BYTES: {{ .maxBodyBytes | quote }}
+WS_MAX_CONNECTIONS: {{ .maxConnections | quote }}
+WS_MAX_CONNECTIONS_PER_IP: {{ .maxConnectionsPerIp | quote }}
+WS_CONNECTS_PER_IP_PER_SEC: {{ .connectsPerIpPerSec | quote }}
+WS_CONNECT_BURST_PER_IP: {{ .connectBurstPerIp | quote }}
+REST_READS_PER_SEC: {{ .restReadsPerSec | quote }}
+REST_READ_BURST: {{ .restReadBurst | quote }}
+REST_WRITES_PER_SEC: {{ .restWritesPerSec | quote }}
+REST_WRITE_BURST: {{ .restWriteBurst | quote }}
+{{- end }}
+TRUSTED_PROXIES: {{ include "chat-stream.wsServer.trustedProxies" . | quote }}
+{{- end -}}
+
+{{/*
+Proxies whose X-Forwarded-For the ws-server believes: the value given; else, with the Ingress
+enabled, the private ranges its controller's pods live in (every client would otherwise count
+as the controller's address against the per-IP limits); else none.
+*/}}
+{{- define "chat-stream.wsServer.trustedProxies" -}}
+{{- if .Values.wsServer.admission.trustedProxies -}}
+{{ .Values.wsServer.admission.trustedProxies }}
+{{- else if .Values.wsServer.ingress.enabled -}}
+10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7
+{{- end -}}
 {{- end -}}
 
 {{/*

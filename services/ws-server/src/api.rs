@@ -1,7 +1,10 @@
 //! The REST API (poem-openapi): keyset history pages and publishing. The spec is served at
-//! `/openapi.json` and browsable at `/docs`.
+//! `/openapi.json` and browsable at `/docs`. Every request counts against its client's read or
+//! write rate (`admission`) before any work; bodies are bounded before they are read
+//! (`admission::body`, 413).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use chat_core::channel::{ChannelName, MAX_CHANNEL_LEN};
 use chat_core::message::{validate_text, MessageId, MAX_AUTHOR_CHARS, MAX_TEXT_CHARS};
@@ -17,6 +20,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::admission::{Admission, Operation, Refusal};
 use crate::auth::gate::{bearer, Gate, Principal};
 use crate::auth::Right;
 use crate::error::ErrorBody;
@@ -175,6 +179,10 @@ pub enum HistoryResponse {
     /// The token has no `read` right on this channel (`forbidden`).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
+    /// Too many reads from this client, the token's user or else the address (`rate_limited`,
+    /// `REST_READS_PER_SEC`); retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// PostgreSQL, or the token signing keys, are unavailable (`unavailable`,
     /// `keys_unavailable`).
     #[oai(status = 503)]
@@ -201,6 +209,14 @@ pub enum PublishResponse {
     /// The token has no `publish` right on this channel (`forbidden`).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
+    /// The body is larger than `HTTP_MAX_BODY_BYTES` (`payload_too_large`); refused before it
+    /// is buffered, by the body limit in front of this operation.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// Too many writes from this client, the token's user or else the address (`rate_limited`,
+    /// `REST_WRITES_PER_SEC`); retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// Kafka did not acknowledge the message (`publish_failed`), or the token signing keys are
     /// unavailable (`keys_unavailable`).
     #[oai(status = 503)]
@@ -212,13 +228,20 @@ enum Denied {
     BadRequest(ErrorBody),
     Unauthorized(ErrorBody),
     Forbidden(ErrorBody),
+    TooManyRequests(ErrorBody, u64),
     Unavailable(ErrorBody),
+}
+
+impl From<Refusal> for Denied {
+    fn from(refusal: Refusal) -> Self {
+        Denied::TooManyRequests(refusal.body(), refusal.retry_after.0)
+    }
 }
 
 /// The `WWW-Authenticate` challenge of a 401 (RFC 6750).
 const BEARER_CHALLENGE: &str = r#"Bearer realm="chat""#;
 
-/// Both operations answer a denial with the same three statuses.
+/// Both operations answer a denial with the same statuses.
 macro_rules! denials {
     ($($response:ty),*) => {$(
         impl From<Denied> for $response {
@@ -229,6 +252,9 @@ macro_rules! denials {
                         Self::Unauthorized(Json(body), BEARER_CHALLENGE.to_owned())
                     }
                     Denied::Forbidden(body) => Self::Forbidden(Json(body)),
+                    Denied::TooManyRequests(body, retry_after) => {
+                        Self::TooManyRequests(Json(body), retry_after)
+                    }
                     Denied::Unavailable(body) => Self::Unavailable(Json(body)),
                 }
             }
@@ -247,6 +273,7 @@ pub struct ChatApi {
     pub history: History,
     pub publisher: KafkaPublisher,
     pub metrics: Metrics,
+    pub admission: Arc<Admission>,
     pub default_limit: i64,
     pub max_limit: i64,
 }
@@ -385,15 +412,24 @@ impl ChatApi {
 }
 
 impl ChatApi {
-    /// Who sent the request and on which channel, once they may: 401 without a valid token
-    /// (checked first), 400 for a bad channel name, 403 without `right` on it.
+    /// Who sent the request and on which channel, once they may: 429 past the client's rate
+    /// (the token's user, else the address: requests with a bad token count against the
+    /// address), 401 without a valid token, 400 for a bad channel name, 403 without `right`.
     async fn admit(
         &self,
         request: &Request,
         channel: &str,
         right: Right,
     ) -> Result<(Principal, ChannelName), Denied> {
-        let principal = self.principal(request).await?;
+        let principal = self.principal(request).await;
+        let user = principal.as_ref().ok().and_then(Principal::user_id);
+        let client = self.admission.rest_client(request, user);
+        let operation = match right {
+            Right::Read => Operation::Read,
+            Right::Publish => Operation::Write,
+        };
+        self.admission.admit_rest(&client, operation)?;
+        let principal = principal?;
         let channel = ChannelName::parse(channel).map_err(|err| {
             Denied::BadRequest(ErrorBody::new("invalid_channel", err.to_string()))
         })?;

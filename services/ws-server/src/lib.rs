@@ -5,7 +5,10 @@
 //! - [`hub`]: the one Redis pub/sub connection of the process, in-process fan-out to sessions,
 //!   duplicate dropping and live-gap repair from PostgreSQL; its per-channel state machine is a
 //!   plain type with no I/O.
-//! - [`upgrade`]: `GET /ws`: origin and token checks before (or right after) the upgrade.
+//! - [`upgrade`]: `GET /ws`: connection caps, origin and token checks before (or right after)
+//!   the upgrade.
+//! - [`admission`]: the HTTP edge's limits: client IP (trusted proxies), WebSocket connection
+//!   caps and rates, REST rates, the body limit, the listeners' timeouts.
 //! - [`auth`]: tokens, rights, the gate every client passes.
 //! - [`page`]: the demo page, Swagger UI and the development token endpoint, with security
 //!   headers.
@@ -25,6 +28,7 @@
 //! - [`auth`]: the identity core (not wired in yet): JWT verification (secret, PEM, JWKS) to an
 //!   identity with an author name and rights per channel.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod error;

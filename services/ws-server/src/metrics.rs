@@ -31,6 +31,10 @@ pub struct Metrics {
     pub protocol_errors: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
+    pub http_timeouts: IntCounterVec,
+    pub payload_too_large: IntCounter,
+    pub connections_refused: IntCounterVec,
+    pub rest_rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -115,6 +119,25 @@ impl Metrics {
                 "HTTP request latency",
                 &["route"],
                 LATENCY_BUCKETS,
+            ),
+            http_timeouts: r.counter_vec(
+                "http_connections_timed_out_total",
+                "HTTP connections closed because a request head (header) or the next request (keep_alive) was overdue",
+                &["waiting"],
+            ),
+            payload_too_large: r.counter(
+                "http_payload_too_large_total",
+                "REST requests refused with 413 because the body passed HTTP_MAX_BODY_BYTES",
+            ),
+            connections_refused: r.counter_vec(
+                "connections_refused_total",
+                "WebSocket upgrades refused, by reason (max_connections, ip_connections, ip_rate)",
+                &["reason"],
+            ),
+            rest_rate_limited: r.counter_vec(
+                "rest_rate_limited_total",
+                "REST requests refused with 429, by operation (read, write)",
+                &["operation"],
             ),
             registry: r,
         }

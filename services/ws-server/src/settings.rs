@@ -7,6 +7,7 @@ use std::time::Duration;
 use chat_service::args::{KafkaArgs, LogArgs, PostgresArgs, RedisArgs};
 use clap::Parser;
 
+use crate::admission::settings::AdmissionSettings;
 use crate::auth::settings::AuthSettings;
 use crate::hub::HubOptions;
 use crate::session::limits::ClientLimits;
@@ -86,6 +87,8 @@ pub struct Settings {
     pub shutdown_drain_secs: u64,
     #[command(flatten)]
     pub auth: AuthSettings,
+    #[command(flatten)]
+    pub admission: AdmissionSettings,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -17,6 +17,8 @@ use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::body::BodyLimit;
+use crate::admission::Admission;
 use crate::api::ChatApi;
 use crate::auth::origin::Origins;
 use crate::health::{readyz, Probes};
@@ -44,6 +46,7 @@ pub struct Application {
     tracker: TaskTracker,
     probes: Probes,
     api: ChatApi,
+    admission: Arc<Admission>,
 }
 
 impl Application {
@@ -71,8 +74,15 @@ impl Application {
             hub_stop.clone(),
         )
         .context("invalid REDIS_URL")?;
-        let listener = HttpListener::bind(settings.http_addr).await?;
-        let internal = HttpListener::bind(settings.internal_http_addr).await?;
+        let timeouts = settings.admission.http_timeouts();
+        let listener = HttpListener::bind(settings.http_addr)
+            .await?
+            .with_timeouts(timeouts)
+            .counting_timeouts(metrics.http_timeouts.clone());
+        let internal = HttpListener::bind(settings.internal_http_addr)
+            .await?
+            .with_timeouts(timeouts);
+        let admission = Admission::new(&settings.admission, metrics.clone())?;
         let limits = Limits {
             default_limit: settings.history_default_limit,
             max_limit: settings.history_max_limit,
@@ -105,6 +115,7 @@ impl Application {
             history,
             publisher,
             metrics: metrics.clone(),
+            admission: Arc::clone(&admission),
             default_limit: settings.history_default_limit,
             max_limit: settings.history_max_limit,
         };
@@ -120,6 +131,7 @@ impl Application {
             tracker: TaskTracker::new(),
             probes,
             api,
+            admission,
         })
     }
 
@@ -151,6 +163,8 @@ impl Application {
             "chat-ws-server started"
         );
         let pubsub = tokio::spawn(self.pubsub.run(self.hub_stop.clone()));
+        let forget_idle =
+            tokio::spawn(Arc::clone(&self.admission).forget_idle_until(self.hub_stop.clone()));
 
         let server_url = format!("http://{}", self.listener.local_addr());
         let api_service = OpenApiService::new(self.api, "chat-ws-server", env!("CARGO_PKG_VERSION"))
@@ -178,6 +192,7 @@ impl Application {
             tracker: self.tracker.clone(),
             draining: Arc::clone(&self.draining),
             max_frame_bytes: self.settings.ws_max_frame_bytes,
+            admission: Arc::clone(&self.admission),
         });
         let metrics = self.metrics.clone();
         let routes = Route::new()
@@ -195,7 +210,10 @@ impl Application {
             )
             .nest_no_strip(
                 "/channels",
-                with_cors(api_service, self.settings.auth.cors()?),
+                with_cors(api_service, self.settings.auth.cors()?).with(BodyLimit::new(
+                    self.settings.admission.http_max_body_bytes,
+                    metrics.clone(),
+                )),
             );
         let internal_routes = Route::new()
             .at("/healthz", get(health::healthz))
@@ -234,6 +252,7 @@ impl Application {
         http_stop.cancel();
         self.hub_stop.cancel();
         let _ = pubsub.await;
+        let _ = forget_idle.await;
         server.finished().await?;
         internal.finished().await?;
         tracing::info!("chat-ws-server stopped");

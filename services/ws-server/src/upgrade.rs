@@ -1,6 +1,9 @@
 //! `GET /ws`: who may open a WebSocket. Refused before the upgrade, with a JSON body: while
-//! draining (503), from a browser origin that is not allowed (403), with a missing or invalid
-//! `Authorization: Bearer` token (401, or 503 while the signing keys cannot be fetched).
+//! draining (503); past the client IP's rate of new connections (429 `rate_limited`), the
+//! process's connections (503 `server_full`) or the IP's (429 `too_many_connections`), all with
+//! `Retry-After` and before any other work; from a browser origin that is not allowed (403);
+//! with a missing or invalid `Authorization: Bearer` token (401, or 503 while the signing keys
+//! cannot be fetched).
 //! Browsers cannot send that header nor read a 401, so they pass the token as `?token=`: an
 //! invalid one gets the upgrade and an immediate close 4001 with the reason, so the page knows
 //! to fetch a new token instead of reconnecting blindly. The token never reaches a log.
@@ -9,13 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::future::Either;
-use futures::SinkExt;
+use futures::{FutureExt, SinkExt};
 use poem::http::{header, StatusCode};
 use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketConfig};
 use poem::web::Data;
 use poem::{handler, IntoResponse, Request, Response};
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::auth::gate::bearer;
 use crate::auth::AuthError;
 use crate::error::problem;
@@ -31,6 +35,7 @@ pub struct Upgrade {
     pub tracker: TaskTracker,
     pub draining: Arc<AtomicBool>,
     pub max_frame_bytes: usize,
+    pub admission: Arc<Admission>,
 }
 
 #[handler]
@@ -46,6 +51,15 @@ pub async fn ws(
             "the server is shutting down; reconnect elsewhere",
         );
     }
+    // Before any work (token verification, JWKS): the caps and the rate. The slot goes into the
+    // session's future and is given back when the session ends.
+    let slot = match state
+        .admission
+        .admit_websocket(state.admission.client_ip(request))
+    {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.into_response(),
+    };
     let gate = &state.sessions.gate;
     let header = |name| {
         request
@@ -82,14 +96,16 @@ pub async fn ws(
     let sessions = Arc::clone(&state.sessions);
     let tracker = state.tracker.clone();
     // Either, not an async block around both: a block would keep the socket twice in every
-    // connection's task (once captured, once in the session it moves into).
+    // connection's task (once captured, once in the session it moves into). The slot rides in
+    // `map`'s closure, dropped when the session ends (or its future is dropped).
     websocket
         .config(config)
-        .on_upgrade(move |socket| match admitted {
-            Ok(principal) => {
-                Either::Left(tracker.track_future(session::run(socket, sessions, principal)))
-            }
-            Err(err) => Either::Right(tracker.track_future(close_unauthorized(socket, err))),
+        .on_upgrade(move |socket| {
+            let session = match admitted {
+                Ok(principal) => Either::Left(session::run(socket, sessions, principal)),
+                Err(err) => Either::Right(close_unauthorized(socket, err)),
+            };
+            tracker.track_future(session.map(move |()| drop(slot)))
         })
         .into_response()
 }

@@ -5,6 +5,7 @@ mod abuse;
 mod auth;
 mod bad_input;
 mod delivery;
+mod edge;
 mod idempotent;
 mod poison;
 mod process;

@@ -107,6 +107,7 @@ pub fn server_settings(iso: &Isolation) -> chat_ws_server::settings::Settings {
         shutdown_drain_secs: 0,
         // Identity is not what these tests exercise; auth.rs runs with tokens.
         auth: chat_ws_server::auth::settings::AuthSettings::anonymous(),
+        admission: chat_ws_server::admission::settings::AdmissionSettings::defaults(),
         log: LogArgs {
             log_format: chat_core::telemetry::LogFormat::Text,
         },
