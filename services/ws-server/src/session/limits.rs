@@ -6,7 +6,8 @@
 //! `auth`, `ping`, and frames that are not a command at all). A command over its bucket gets an
 //! `error` `rate_limited` and is not executed; the connection stays. A connection refused more
 //! than [`ClientLimits::ws_rate_limit_strikes`] times in a row of 10 s (the strikes refill at a
-//! tenth of that per second) is abusive and closed with 4029.
+//! tenth of that per second) is abusive and closed with 4029. A rate of 0 turns its bucket off,
+//! strikes of 0 the closing.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -81,10 +82,13 @@ impl ClientLimits {
     }
 }
 
-fn bucket(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
-    let per_second = NonZeroU32::new(per_second.max(1)).expect("at least one");
+/// A token bucket; `None` (no limit) for a rate of 0.
+fn bucket(per_second: u32, burst: u32) -> Option<DefaultDirectRateLimiter> {
+    let per_second = NonZeroU32::new(per_second)?;
     let burst = NonZeroU32::new(burst.max(1)).expect("at least one");
-    RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
+    Some(RateLimiter::direct(
+        Quota::per_second(per_second).allow_burst(burst),
+    ))
 }
 
 /// Which bucket a command draws from.
@@ -106,9 +110,9 @@ pub enum Verdict {
 
 /// A connection's token buckets.
 pub struct Rates {
-    publish: DefaultDirectRateLimiter,
-    command: DefaultDirectRateLimiter,
-    strikes: DefaultDirectRateLimiter,
+    publish: Option<DefaultDirectRateLimiter>,
+    command: Option<DefaultDirectRateLimiter>,
+    strikes: Option<DefaultDirectRateLimiter>,
 }
 
 impl Rates {
@@ -117,9 +121,12 @@ impl Rates {
             Kind::Publish => &self.publish,
             Kind::Command => &self.command,
         };
-        if bucket.check().is_ok() {
+        let allowed = |bucket: &Option<DefaultDirectRateLimiter>| {
+            bucket.as_ref().is_none_or(|bucket| bucket.check().is_ok())
+        };
+        if allowed(bucket) {
             Verdict::Allowed
-        } else if self.strikes.check().is_ok() {
+        } else if allowed(&self.strikes) {
             Verdict::Limited
         } else {
             Verdict::Abusive
@@ -158,6 +165,22 @@ mod tests {
         assert_eq!(rates.check(Kind::Publish), Verdict::Limited);
         assert_eq!(rates.check(Kind::Publish), Verdict::Limited);
         assert_eq!(rates.check(Kind::Publish), Verdict::Abusive);
+    }
+
+    #[test]
+    fn a_rate_of_zero_is_no_limit_and_zero_strikes_never_close() {
+        let rates = ClientLimits {
+            ws_publish_rate: 0,
+            ..limits(1, 0)
+        }
+        .rates();
+        for _ in 0..1000 {
+            assert_eq!(rates.check(Kind::Publish), Verdict::Allowed);
+        }
+        assert_eq!(rates.check(Kind::Command), Verdict::Allowed);
+        for _ in 0..1000 {
+            assert_eq!(rates.check(Kind::Command), Verdict::Limited);
+        }
     }
 
     #[test]
