@@ -199,10 +199,10 @@ WS_MAX_CONNECTIONS: {{ .maxConnections | quote }}
 WS_MAX_CONNECTIONS_PER_IP: {{ .maxConnectionsPerIp | quote }}
 WS_CONNECTS_PER_IP_PER_SEC: {{ .connectsPerIpPerSec | quote }}
 WS_CONNECT_BURST_PER_IP: {{ .connectBurstPerIp | quote }}
-REST_READS_PER_SEC: {{ .restReadsPerSec | quote }}
-REST_READ_BURST: {{ .restReadBurst | quote }}
-REST_WRITES_PER_SEC: {{ .restWritesPerSec | quote }}
-REST_WRITE_BURST: {{ .restWriteBurst | quote }}
+CLIENT_READS_PER_SEC: {{ .clientReadsPerSec | quote }}
+CLIENT_READ_BURST: {{ .clientReadBurst | quote }}
+CLIENT_WRITES_PER_SEC: {{ .clientWritesPerSec | quote }}
+CLIENT_WRITE_BURST: {{ .clientWriteBurst | quote }}
 {{- end }}
 TRUSTED_PROXIES: {{ include "chat-stream.wsServer.trustedProxies" . | quote }}
 {{- end -}}

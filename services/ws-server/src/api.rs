@@ -180,7 +180,7 @@ pub enum HistoryResponse {
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// Too many reads from this client, the token's user or else the address (`rate_limited`,
-    /// `REST_READS_PER_SEC`); retry after `Retry-After` seconds.
+    /// `CLIENT_READS_PER_SEC`); retry after `Retry-After` seconds.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// PostgreSQL, or the token signing keys, are unavailable (`unavailable`,
@@ -214,7 +214,7 @@ pub enum PublishResponse {
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
     /// Too many writes from this client, the token's user or else the address (`rate_limited`,
-    /// `REST_WRITES_PER_SEC`); retry after `Retry-After` seconds.
+    /// `CLIENT_WRITES_PER_SEC`); retry after `Retry-After` seconds.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// Kafka did not acknowledge the message (`publish_failed`), or the token signing keys are

@@ -99,6 +99,7 @@ impl Application {
             limits,
             max_subscriptions: settings.ws_max_subscriptions,
             client_limits: settings.client_limits.clone(),
+            admission: Arc::clone(&admission),
             ping_interval: settings.ping_interval(),
             idle_timeout: settings.idle_timeout(),
             close_all: CancellationToken::new(),

@@ -53,10 +53,8 @@ pub async fn ws(
     }
     // Before any work (token verification, JWKS): the caps and the rate. The slot goes into the
     // session's future and is given back when the session ends.
-    let slot = match state
-        .admission
-        .admit_websocket(state.admission.client_ip(request))
-    {
+    let ip = state.admission.client_ip(request);
+    let slot = match state.admission.admit_websocket(ip) {
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),
     };
@@ -102,7 +100,7 @@ pub async fn ws(
         .config(config)
         .on_upgrade(move |socket| {
             let session = match admitted {
-                Ok(principal) => Either::Left(session::run(socket, sessions, principal)),
+                Ok(principal) => Either::Left(session::run(socket, sessions, principal, ip)),
                 Err(err) => Either::Right(close_unauthorized(socket, err)),
             };
             tracker.track_future(session.map(move |()| drop(slot)))

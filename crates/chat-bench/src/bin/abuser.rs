@@ -1,7 +1,8 @@
 //! `abuser`: the hostile clients of `scripts/bench-abuse`, all at once for a while, from their own
 //! source addresses (so per-IP limits hit them and not the normal clients):
 //!
-//! - `--flood N`: connections publishing as fast as they can (reading the replies);
+//! - `--flood N`: connections publishing as fast as the server answers (64 unanswered at most,
+//!   so the flood costs the abuser no more CPU than the server);
 //! - `--loops N`: connections looping subscribe (last 100) / unsubscribe as fast as they can, on
 //!   the victims' channels and on fresh random names (the hub's channel cap);
 //! - `--slowloris N`: TCP sockets that send a request head one byte every few seconds and never
@@ -165,9 +166,13 @@ fn ending(message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>
 async fn flood(ctx: Arc<Ctx>, socket: WebSocketStream<MaybeTlsStream<TcpStream>>) -> String {
     let (mut sink, mut stream) = socket.split();
     let channel = ctx.victim(0);
+    let unanswered = tokio::sync::Semaphore::new(64);
     let writer = async {
         let mut id = 0u64;
         loop {
+            if let Ok(permit) = unanswered.acquire().await {
+                permit.forget();
+            }
             id += 1;
             let command = serde_json::json!({"command": "publish", "channel": channel,
                 "author": "mallory", "text": "spam", "id": id});
@@ -181,7 +186,8 @@ async fn flood(ctx: Arc<Ctx>, socket: WebSocketStream<MaybeTlsStream<TcpStream>>
         loop {
             match stream.next().await {
                 Some(Ok(Message::Text(text))) => {
-                    ctx.tally.add(format!("flood: {}", kind(&text)), 1)
+                    ctx.tally.add(format!("flood: {}", kind(&text)), 1);
+                    unanswered.add_permits(1);
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 other => return ending(other),
@@ -201,7 +207,7 @@ async fn subscribe_loop(
     let mut round = 0usize;
     loop {
         round += 1;
-        let channel = if round % 2 == 0 {
+        let channel = if round.is_multiple_of(2) {
             ctx.victim(round)
         } else {
             format!("#junk-{:016x}", rand_u64())
@@ -264,11 +270,11 @@ async fn stalled(ctx: Arc<Ctx>, mut socket: WebSocketStream<MaybeTlsStream<TcpSt
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let ping = serde_json::json!({"command": "ping"}).to_string();
-        match tokio::time::timeout(Duration::from_millis(500), socket.send(Message::text(ping)))
-            .await
-        {
-            Ok(Err(_)) => return "dropped".to_owned(),
-            Ok(Ok(())) | Err(_) => {}
+        let sent =
+            tokio::time::timeout(Duration::from_millis(500), socket.send(Message::text(ping)))
+                .await;
+        if let Ok(Err(_)) = sent {
+            return "dropped".to_owned();
         }
     }
 }
@@ -343,6 +349,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for (name, count) in &tally {
         println!("  {name}: {count}");
     }
-    let _ = std::io::Write::flush(&mut std::io::stdout()).context("stdout")?;
+    let closed = tally.get("slowloris: closed by the server").copied();
+    let open = tally
+        .get("slowloris: seconds open before the close")
+        .copied();
+    if let (Some(closed @ 1..), Some(open)) = (closed, open) {
+        println!(
+            "  slowloris: {:.1} s open on average before the server closed it",
+            open as f64 / closed as f64
+        );
+    }
+    std::io::Write::flush(&mut std::io::stdout()).context("stdout")?;
     Ok(())
 }

@@ -109,8 +109,8 @@ impl Admission {
                 settings.ws_connects_per_ip_per_sec,
                 settings.ws_connect_burst_per_ip,
             ),
-            reads: KeyedRate::new(settings.rest_reads_per_sec, settings.rest_read_burst),
-            writes: KeyedRate::new(settings.rest_writes_per_sec, settings.rest_write_burst),
+            reads: KeyedRate::new(settings.client_reads_per_sec, settings.client_read_burst),
+            writes: KeyedRate::new(settings.client_writes_per_sec, settings.client_write_burst),
             metrics,
         }))
     }
@@ -182,13 +182,36 @@ impl Admission {
         }
     }
 
+    /// Whom a WebSocket command counts against: the connection's user, else its address.
+    pub fn ws_client(&self, ip: IpAddr, user: Option<&str>) -> Client {
+        match user {
+            Some(user) => Client::User(user.into()),
+            None => Client::Ip(limit_key(ip)),
+        }
+    }
+
+    /// One read (a `subscribe`) or write (a `publish`) of a WebSocket client: the same rates as
+    /// its REST requests, so a client cannot escape them by switching protocol or by
+    /// reconnecting (a connection's own buckets start full).
+    pub fn admit_command(&self, client: &Client, operation: Operation) -> bool {
+        self.rate(operation)
+            .is_none_or(|rate| rate.check(client).is_ok())
+    }
+
+    fn rate(&self, operation: Operation) -> Option<&KeyedRate<Client>> {
+        match operation {
+            Operation::Read => self.reads.as_ref(),
+            Operation::Write => self.writes.as_ref(),
+        }
+    }
+
     /// One REST request of `client`, within its rate for `operation`.
     pub fn admit_rest(&self, client: &Client, operation: Operation) -> Result<(), Refusal> {
-        let (rate, label, what) = match operation {
-            Operation::Read => (&self.reads, "read", "reads"),
-            Operation::Write => (&self.writes, "write", "writes"),
+        let (label, what) = match operation {
+            Operation::Read => ("read", "reads"),
+            Operation::Write => ("write", "writes"),
         };
-        let Some(rate) = rate else {
+        let Some(rate) = self.rate(operation) else {
             return Ok(());
         };
         rate.check(client).map_err(|retry_after| {

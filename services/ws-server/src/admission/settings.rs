@@ -16,10 +16,10 @@ pub const DEFAULT_WS_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_WS_MAX_CONNECTIONS_PER_IP: usize = 1_000;
 pub const DEFAULT_WS_CONNECTS_PER_IP_PER_SEC: u32 = 50;
 pub const DEFAULT_WS_CONNECT_BURST_PER_IP: u32 = 200;
-pub const DEFAULT_REST_READS_PER_SEC: u32 = 200;
-pub const DEFAULT_REST_READ_BURST: u32 = 1_000;
-pub const DEFAULT_REST_WRITES_PER_SEC: u32 = 50;
-pub const DEFAULT_REST_WRITE_BURST: u32 = 250;
+pub const DEFAULT_CLIENT_READS_PER_SEC: u32 = 200;
+pub const DEFAULT_CLIENT_READ_BURST: u32 = 1_000;
+pub const DEFAULT_CLIENT_WRITES_PER_SEC: u32 = 50;
+pub const DEFAULT_CLIENT_WRITE_BURST: u32 = 250;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdmissionSettings {
@@ -52,17 +52,17 @@ pub struct AdmissionSettings {
     pub ws_connect_burst_per_ip: u32,
     /// REST reads (GET) per second per client: the user of a verified token, else the client IP.
     /// Past it (and the burst), 429 with Retry-After. 0: no limit.
-    #[arg(long, env = "REST_READS_PER_SEC", default_value_t = DEFAULT_REST_READS_PER_SEC)]
-    pub rest_reads_per_sec: u32,
+    #[arg(long, env = "CLIENT_READS_PER_SEC", default_value_t = DEFAULT_CLIENT_READS_PER_SEC)]
+    pub client_reads_per_sec: u32,
     /// REST reads one client may make at once, before the rate applies.
-    #[arg(long, env = "REST_READ_BURST", default_value_t = DEFAULT_REST_READ_BURST)]
-    pub rest_read_burst: u32,
+    #[arg(long, env = "CLIENT_READ_BURST", default_value_t = DEFAULT_CLIENT_READ_BURST)]
+    pub client_read_burst: u32,
     /// REST writes (POST) per second per client, as for reads. 0: no limit.
-    #[arg(long, env = "REST_WRITES_PER_SEC", default_value_t = DEFAULT_REST_WRITES_PER_SEC)]
-    pub rest_writes_per_sec: u32,
+    #[arg(long, env = "CLIENT_WRITES_PER_SEC", default_value_t = DEFAULT_CLIENT_WRITES_PER_SEC)]
+    pub client_writes_per_sec: u32,
     /// REST writes one client may make at once, before the rate applies.
-    #[arg(long, env = "REST_WRITE_BURST", default_value_t = DEFAULT_REST_WRITE_BURST)]
-    pub rest_write_burst: u32,
+    #[arg(long, env = "CLIENT_WRITE_BURST", default_value_t = DEFAULT_CLIENT_WRITE_BURST)]
+    pub client_write_burst: u32,
     /// Proxies whose `X-Forwarded-For` is believed, comma separated IPs or CIDRs (e.g. the
     /// ingress controller's pod range `10.0.0.0/8`). The client is the rightmost address of
     /// X-Forwarded-For that is not one of them. Empty: nobody; the TCP peer is the client.
@@ -81,10 +81,10 @@ impl AdmissionSettings {
             ws_max_connections_per_ip: DEFAULT_WS_MAX_CONNECTIONS_PER_IP,
             ws_connects_per_ip_per_sec: DEFAULT_WS_CONNECTS_PER_IP_PER_SEC,
             ws_connect_burst_per_ip: DEFAULT_WS_CONNECT_BURST_PER_IP,
-            rest_reads_per_sec: DEFAULT_REST_READS_PER_SEC,
-            rest_read_burst: DEFAULT_REST_READ_BURST,
-            rest_writes_per_sec: DEFAULT_REST_WRITES_PER_SEC,
-            rest_write_burst: DEFAULT_REST_WRITE_BURST,
+            client_reads_per_sec: DEFAULT_CLIENT_READS_PER_SEC,
+            client_read_burst: DEFAULT_CLIENT_READ_BURST,
+            client_writes_per_sec: DEFAULT_CLIENT_WRITES_PER_SEC,
+            client_write_burst: DEFAULT_CLIENT_WRITE_BURST,
             trusted_proxies: String::new(),
         }
     }

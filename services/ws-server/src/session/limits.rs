@@ -121,12 +121,21 @@ impl Rates {
             Kind::Publish => &self.publish,
             Kind::Command => &self.command,
         };
-        let allowed = |bucket: &Option<DefaultDirectRateLimiter>| {
-            bucket.as_ref().is_none_or(|bucket| bucket.check().is_ok())
-        };
-        if allowed(bucket) {
+        if bucket.as_ref().is_none_or(|bucket| bucket.check().is_ok()) {
             Verdict::Allowed
-        } else if allowed(&self.strikes) {
+        } else {
+            self.strike()
+        }
+    }
+
+    /// A command refused (here or by the client's shared rates): limited, or abusive once the
+    /// strikes are used up.
+    pub fn strike(&self) -> Verdict {
+        let left = self
+            .strikes
+            .as_ref()
+            .is_none_or(|strikes| strikes.check().is_ok());
+        if left {
             Verdict::Limited
         } else {
             Verdict::Abusive

@@ -6,6 +6,7 @@
 //! the reader for an oversized frame or an idle client, shutdown) sets the close code once.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::admission::{Admission, Operation};
 use crate::auth::gate::{Gate, Principal};
 use crate::auth::Right;
 use crate::history::{FirstPage, History, READ_PAGE};
@@ -57,14 +59,21 @@ pub struct SessionContext {
     pub max_subscriptions: usize,
     /// Outbound bytes, write timeout, command rates, publishes in flight.
     pub client_limits: ClientLimits,
+    /// The per-client read and write rates, shared with REST.
+    pub admission: Arc<Admission>,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     /// Cancelled when the drain period after SIGTERM is over: every socket closes with 1001.
     pub close_all: CancellationToken,
 }
 
-/// Runs one connection to its end.
-pub async fn run(socket: WebSocketStream, ctx: Arc<SessionContext>, principal: Principal) {
+/// Runs one connection to its end; `ip` is the client's address.
+pub async fn run(
+    socket: WebSocketStream,
+    ctx: Arc<SessionContext>,
+    principal: Principal,
+    ip: IpAddr,
+) {
     ctx.metrics.connections.inc();
     let (sink, stream) = socket.split();
     let closer = Closer::default();
@@ -82,6 +91,7 @@ pub async fn run(socket: WebSocketStream, ctx: Arc<SessionContext>, principal: P
         outbox,
         subscriptions: HashMap::new(),
         rates: limits.rates(),
+        ip,
         in_flight: Arc::new(Semaphore::new(limits.ws_publishes_in_flight.max(1))),
         ctx: Arc::clone(&ctx),
         principal,
@@ -102,6 +112,8 @@ struct Session {
     /// Who is on the other end; replaced by an `auth` command.
     principal: Principal,
     rates: Rates,
+    /// The client's address: its reads and writes count against it when it has no user.
+    ip: IpAddr,
     /// Publishes waiting for Kafka's acknowledgement, at most `WS_PUBLISHES_IN_FLIGHT`.
     in_flight: Arc<Semaphore>,
 }
@@ -175,15 +187,27 @@ impl Session {
             Ok(request) if matches!(request.command, Command::Publish(_)) => Kind::Publish,
             _ => Kind::Command,
         };
-        match self.rates.check(kind) {
+        let operation = match &parsed {
+            Ok(request) => match request.command {
+                Command::Publish(_) => Some(Operation::Write),
+                Command::Subscribe { .. } => Some(Operation::Read),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        match self.check_rates(kind, operation) {
             Verdict::Allowed => {}
             Verdict::Limited => {
                 let id = parsed.ok().and_then(|request| request.id);
                 let err = ProtocolError::new(
                     ErrorCode::RateLimited,
                     match kind {
-                        Kind::Publish => "too many publishes; slow down (WS_PUBLISH_RATE)",
-                        Kind::Command => "too many commands; slow down (WS_COMMAND_RATE)",
+                        Kind::Publish => {
+                            "too many publishes; slow down (WS_PUBLISH_RATE, CLIENT_WRITES_PER_SEC)"
+                        }
+                        Kind::Command => {
+                            "too many commands; slow down (WS_COMMAND_RATE, CLIENT_READS_PER_SEC)"
+                        }
                     },
                 );
                 return self.reply_error(err.reply_to(id)).await;
@@ -216,6 +240,25 @@ impl Session {
             ws.command = command,
         );
         self.execute(request).instrument(span).await;
+    }
+
+    /// The connection's bucket for the command, then, for a `publish` or `subscribe`, the
+    /// client's write or read rate (shared by its connections and its REST requests). A
+    /// refusal by either is a strike.
+    fn check_rates(&self, kind: Kind, operation: Option<Operation>) -> Verdict {
+        let verdict = self.rates.check(kind);
+        let Some(operation) = operation.filter(|_| verdict == Verdict::Allowed) else {
+            return verdict;
+        };
+        let client = self
+            .ctx
+            .admission
+            .ws_client(self.ip, self.principal.user_id());
+        if self.ctx.admission.admit_command(&client, operation) {
+            Verdict::Allowed
+        } else {
+            self.rates.strike()
+        }
     }
 
     async fn execute(&mut self, request: protocol::Request) {

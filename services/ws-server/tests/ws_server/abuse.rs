@@ -500,3 +500,51 @@ async fn publishes_in_flight_per_connection_are_bounded() {
     let _ = tokio::time::timeout(PATIENCE, running).await;
     iso.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_does_not_escape_the_clients_write_rate_shared_with_rest() {
+    use crate::edge::{http_from, open_from, source};
+    let stack = Stack::start_with(|s| {
+        // No per-connection bucket at all: only the client's shared write rate holds.
+        s.client_limits.ws_publish_rate = 0;
+        (
+            s.admission.client_writes_per_sec,
+            s.admission.client_write_burst,
+        ) = (1, 6);
+    })
+    .await;
+    let publish = |id: i64| json!({"command": "publish", "channel": "w", "author": "mallory", "text": "x", "id": id});
+    // Three connections from one address, then REST from it: one budget of 6 in all.
+    let mut published = 0;
+    for _ in 0..3 {
+        let mut client = open_from(stack.ws_addr, source(5), &[]).await.unwrap();
+        for id in 1..=4 {
+            client.send(publish(id)).await;
+        }
+        let kinds = replies(&mut client, 4).await;
+        published += count(&kinds, "published");
+        assert_eq!(
+            count(&kinds, "published") + count(&kinds, "rate_limited"),
+            4
+        );
+    }
+    assert!(
+        (6..=8).contains(&published),
+        "{published} published from one address"
+    );
+    let rest = http_from(source(5))
+        .post(stack.http("/channels/w/messages"))
+        .json(&json!({"author": "mallory", "text": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status().as_u16(), 429);
+
+    // Another address has its own budget.
+    let mut other = open_from(stack.ws_addr, source(6), &[]).await.unwrap();
+    for id in 1..=3 {
+        other.send(publish(id)).await;
+    }
+    assert_eq!(replies(&mut other, 3).await, ["published"; 3]);
+    stack.finish().await;
+}

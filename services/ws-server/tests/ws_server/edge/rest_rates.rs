@@ -1,4 +1,4 @@
-//! REST rates per client (`REST_READS_PER_SEC` / `REST_WRITES_PER_SEC` and their bursts): the
+//! REST rates per client (`CLIENT_READS_PER_SEC` / `CLIENT_WRITES_PER_SEC` and their bursts): the
 //! user of a verified token, else the client's address. Past them, 429 `rate_limited` with
 //! `Retry-After`, documented in the spec and counted.
 
@@ -55,8 +55,8 @@ async fn flood(stack: &Stack, client: &reqwest::Client, token: Option<&str>) -> 
 }
 
 fn slow_writes(settings: &mut chat_ws_server::settings::Settings) {
-    settings.admission.rest_writes_per_sec = 1;
-    settings.admission.rest_write_burst = BURST;
+    settings.admission.client_writes_per_sec = 1;
+    settings.admission.client_write_burst = BURST;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
