@@ -26,6 +26,7 @@ use crate::auth::Right;
 use crate::error::ErrorBody;
 use crate::history::{Cursor, History};
 use crate::metrics::Metrics;
+use crate::protocol::Limits;
 use crate::publish::{Draft, KafkaPublisher};
 use crate::recent::{JsonList, Shared};
 
@@ -305,27 +306,18 @@ impl ChatApi {
         /// `limit` messages between the two.
         after: Query<Option<i64>>,
     ) -> HistoryResponse {
-        let bad = |code: &str, message: String| {
-            HistoryResponse::BadRequest(Json(ErrorBody::new(code, message)))
-        };
         let channel = match self.admit(request, &channel.0, Right::Read).await {
             Ok((_, channel)) => channel,
             Err(denied) => return denied.into(),
         };
-        let limit = limit.0.unwrap_or(self.default_limit);
-        if !(1..=self.max_limit).contains(&limit) {
-            return bad(
-                "invalid_limit",
-                format!("limit must be 1 to {}", self.max_limit),
-            );
-        }
-        if before.0.is_some_and(|b| b < 1) || after.0.is_some_and(|a| a < 0) {
-            return bad(
-                "invalid_cursor",
-                "before must be 1 or more, after 0 or more".into(),
-            );
-        }
-        let cursor = Cursor::of(before.0, after.0);
+        let limits = Limits {
+            default_limit: self.default_limit,
+            max_limit: self.max_limit,
+        };
+        let (cursor, limit) = match page_query(limit.0, before.0, after.0, limits) {
+            Ok(query) => query,
+            Err(body) => return HistoryResponse::BadRequest(Json(body)),
+        };
         let page = match self.history.page(&channel, cursor, limit).await {
             Ok(page) => page,
             // Logged by the history reader.
@@ -360,39 +352,18 @@ impl ChatApi {
         idempotency_key: Header<Option<String>>,
         body: Json<PublishRequest>,
     ) -> PublishResponse {
-        let bad = |code: &str, message: String| {
-            PublishResponse::BadRequest(Json(ErrorBody::new(code, message)))
-        };
+        let bad = |body| PublishResponse::BadRequest(Json(body));
         let (principal, channel) = match self.admit(request, &channel.0, Right::Publish).await {
             Ok(admitted) => admitted,
             Err(denied) => return denied.into(),
         };
-        let PublishRequest {
-            author,
-            text: JsonString(text),
-        } = body.0;
-        if let Err(reason) = validate_text(&text) {
-            return bad("invalid_message", reason.to_string());
-        }
-        let id = match idempotency_key.0.as_deref().map(Uuid::parse_str) {
-            None => None,
-            Some(Ok(id)) => Some(MessageId(id)),
-            Some(Err(_)) => {
-                return bad(
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be a UUID".into(),
-                )
-            }
-        };
-        let draft = Draft {
-            channel,
-            author: author.map(|JsonString(author)| author),
-            text,
-            id,
+        let draft = match publish_draft(channel, body.0, idempotency_key.0.as_deref()) {
+            Ok(draft) => draft,
+            Err(body) => return bad(body),
         };
         let publication = match draft.by(&principal) {
             Ok(publication) => publication,
-            Err(reason) => return bad("invalid_message", reason.to_string()),
+            Err(reason) => return bad(ErrorBody::new("invalid_message", reason.to_string())),
         };
         match self.publisher.publish(&publication).await {
             Ok(id) => {
@@ -454,6 +425,65 @@ impl ChatApi {
             }
         })
     }
+}
+
+/// The page a `GET` asks for: `limit` from 1 to `max_limit` (`default_limit` when absent),
+/// `before` 1 or more, `after` 0 or more; else 400 `invalid_limit` or `invalid_cursor`. A pure
+/// function, so that the fuzz target `rest_input` (fuzz/) runs the handler's very checks.
+pub fn page_query(
+    limit: Option<i64>,
+    before: Option<i64>,
+    after: Option<i64>,
+    limits: Limits,
+) -> Result<(Cursor, i64), ErrorBody> {
+    let limit = limit.unwrap_or(limits.default_limit);
+    if !(1..=limits.max_limit).contains(&limit) {
+        return Err(ErrorBody::new(
+            "invalid_limit",
+            format!("limit must be 1 to {}", limits.max_limit),
+        ));
+    }
+    if before.is_some_and(|b| b < 1) || after.is_some_and(|a| a < 0) {
+        return Err(ErrorBody::new(
+            "invalid_cursor",
+            "before must be 1 or more, after 0 or more",
+        ));
+    }
+    Ok((Cursor::of(before, after), limit))
+}
+
+/// The draft a `POST` asks to publish: the text rule of every edge, and the `Idempotency-Key`,
+/// when given, a UUID that becomes the message's id; else 400 `invalid_message` or
+/// `invalid_idempotency_key`. The author is checked by [`Draft::by`], once the principal is
+/// known. Pure, like [`page_query`].
+pub fn publish_draft(
+    channel: ChannelName,
+    body: PublishRequest,
+    idempotency_key: Option<&str>,
+) -> Result<Draft, ErrorBody> {
+    let PublishRequest {
+        author,
+        text: JsonString(text),
+    } = body;
+    if let Err(reason) = validate_text(&text) {
+        return Err(ErrorBody::new("invalid_message", reason.to_string()));
+    }
+    let id = match idempotency_key.map(Uuid::parse_str) {
+        None => None,
+        Some(Ok(id)) => Some(MessageId(id)),
+        Some(Err(_)) => {
+            return Err(ErrorBody::new(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be a UUID",
+            ))
+        }
+    };
+    Ok(Draft {
+        channel,
+        author: author.map(|JsonString(author)| author),
+        text,
+        id,
+    })
 }
 
 /// `Ok` when `principal` holds `right` on `channel`, else 403 `forbidden`.
@@ -599,5 +629,74 @@ pub fn document_bearer_auth(spec: &mut Value) {
             .and_then(Value::as_object_mut)
             .unwrap_or_else(|| panic!("OpenAPI document has no {method} operation"));
         target.insert("security".into(), json!([{"bearerAuth": []}]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        default_limit: 50,
+        max_limit: 1000,
+    };
+
+    fn code<T>(result: Result<T, ErrorBody>) -> String {
+        result.err().expect("a refusal").code
+    }
+
+    #[test]
+    fn page_query_defaults_the_limit_and_refuses_out_of_range_limits_and_cursors() {
+        assert_eq!(
+            page_query(None, None, None, LIMITS).unwrap(),
+            (Cursor::Newest, 50)
+        );
+        assert_eq!(
+            page_query(Some(1000), Some(1), Some(0), LIMITS).unwrap(),
+            (
+                Cursor::Between {
+                    after: 0,
+                    before: 1
+                },
+                1000
+            )
+        );
+        assert_eq!(
+            code(page_query(Some(0), None, None, LIMITS)),
+            "invalid_limit"
+        );
+        assert_eq!(
+            code(page_query(Some(1001), None, None, LIMITS)),
+            "invalid_limit"
+        );
+        assert_eq!(
+            code(page_query(None, Some(0), None, LIMITS)),
+            "invalid_cursor"
+        );
+        assert_eq!(
+            code(page_query(None, None, Some(-1), LIMITS)),
+            "invalid_cursor"
+        );
+    }
+
+    #[test]
+    fn publish_draft_checks_the_text_and_takes_the_idempotency_key_as_id() {
+        let channel = ChannelName::parse("#kerno-challenge").unwrap();
+        let body = |text: &str| PublishRequest {
+            author: Some(JsonString("alice".into())),
+            text: JsonString(text.into()),
+        };
+        let key = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+        let draft = publish_draft(channel.clone(), body("hi"), Some(key)).unwrap();
+        assert_eq!(draft.id.unwrap().to_string(), key);
+        assert_eq!(draft.author.as_deref(), Some("alice"));
+        assert_eq!(
+            code(publish_draft(channel.clone(), body("a\0b"), None)),
+            "invalid_message"
+        );
+        assert_eq!(
+            code(publish_draft(channel, body("hi"), Some("key-1"))),
+            "invalid_idempotency_key"
+        );
     }
 }
