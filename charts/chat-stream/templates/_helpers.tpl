@@ -199,6 +199,7 @@ WS_MAX_CONNECTIONS: {{ .maxConnections | quote }}
 WS_MAX_CONNECTIONS_PER_IP: {{ .maxConnectionsPerIp | quote }}
 WS_CONNECTS_PER_IP_PER_SEC: {{ .connectsPerIpPerSec | quote }}
 WS_CONNECT_BURST_PER_IP: {{ .connectBurstPerIp | quote }}
+WS_ABUSE_COOLDOWN_SECS: {{ .abuseCooldownSecs | quote }}
 CLIENT_READS_PER_SEC: {{ .clientReadsPerSec | quote }}
 CLIENT_READ_BURST: {{ .clientReadBurst | quote }}
 CLIENT_WRITES_PER_SEC: {{ .clientWritesPerSec | quote }}

@@ -20,9 +20,10 @@ pub mod connections;
 pub mod rate;
 pub mod settings;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use poem::http::{header, HeaderValue, StatusCode};
 use poem::{Request, Response};
@@ -90,6 +91,9 @@ impl Refusal {
 
 pub struct Admission {
     proxies: TrustedProxies,
+    /// Addresses whose connection was closed with 4029, until when they may not reconnect.
+    cooling_down: Mutex<HashMap<IpAddr, Instant>>,
+    cooldown: Duration,
     slots: Arc<ConnectionSlots>,
     connects: Option<KeyedRate<IpAddr>>,
     reads: Option<KeyedRate<Client>>,
@@ -101,6 +105,8 @@ impl Admission {
     pub fn new(settings: &AdmissionSettings, metrics: Metrics) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
             proxies: settings.trusted_proxies()?,
+            cooling_down: Mutex::new(HashMap::new()),
+            cooldown: Duration::from_secs(settings.ws_abuse_cooldown_secs),
             slots: ConnectionSlots::new(
                 settings.ws_max_connections,
                 settings.ws_max_connections_per_ip,
@@ -139,6 +145,13 @@ impl Admission {
                 .with_label_values(&[reason])
                 .inc();
         };
+        if let Some(left) = self.cooldown_left(key) {
+            refused("cooldown");
+            return Err(Refusal::rate_limited(
+                "commands over the limits from this address (closed with 4029)",
+                RetryAfter::from_wait(left),
+            ));
+        }
         if let Some(connects) = &self.connects {
             if let Err(retry_after) = connects.check(&key) {
                 refused("ip_rate");
@@ -172,6 +185,27 @@ impl Admission {
                 }
             }
         })
+    }
+
+    /// A connection from `ip` was closed with 4029: the address opens no new connection for
+    /// `WS_ABUSE_COOLDOWN_SECS`.
+    pub fn cool_down(&self, ip: IpAddr) {
+        if self.cooldown.is_zero() {
+            return;
+        }
+        let until = Instant::now() + self.cooldown;
+        self.lock_cooling_down().insert(limit_key(ip), until);
+    }
+
+    fn cooldown_left(&self, key: IpAddr) -> Option<Duration> {
+        let until = *self.lock_cooling_down().get(&key)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    fn lock_cooling_down(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
+        self.cooling_down
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whom a REST request counts against: `user` when a token named one, else the address.
@@ -239,6 +273,8 @@ impl Admission {
             if let Some(connects) = &self.connects {
                 connects.forget_idle();
             }
+            let now = Instant::now();
+            self.lock_cooling_down().retain(|_, until| *until > now);
         }
     }
 }

@@ -16,6 +16,7 @@ pub const DEFAULT_WS_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_WS_MAX_CONNECTIONS_PER_IP: usize = 1_000;
 pub const DEFAULT_WS_CONNECTS_PER_IP_PER_SEC: u32 = 50;
 pub const DEFAULT_WS_CONNECT_BURST_PER_IP: u32 = 200;
+pub const DEFAULT_WS_ABUSE_COOLDOWN_SECS: u64 = 10;
 pub const DEFAULT_CLIENT_READS_PER_SEC: u32 = 200;
 pub const DEFAULT_CLIENT_READ_BURST: u32 = 1_000;
 pub const DEFAULT_CLIENT_WRITES_PER_SEC: u32 = 50;
@@ -50,17 +51,24 @@ pub struct AdmissionSettings {
     /// New WebSocket connections one client IP may open at once, before the rate applies.
     #[arg(long, env = "WS_CONNECT_BURST_PER_IP", default_value_t = DEFAULT_WS_CONNECT_BURST_PER_IP)]
     pub ws_connect_burst_per_ip: u32,
-    /// REST reads (GET) per second per client: the user of a verified token, else the client IP.
-    /// Past it (and the burst), 429 with Retry-After. 0: no limit.
+    /// Seconds a client IP may open no new WebSocket connection after one of its connections was
+    /// closed with 4029 (it kept going over its command rates); 429 with Retry-After meanwhile.
+    /// Without it an abuser would reconnect for fresh buckets. 0: no cool-down.
+    #[arg(long, env = "WS_ABUSE_COOLDOWN_SECS", default_value_t = DEFAULT_WS_ABUSE_COOLDOWN_SECS)]
+    pub ws_abuse_cooldown_secs: u64,
+    /// Reads per second per client: REST GETs and WebSocket `subscribe`s of the user of a
+    /// verified token, else of the client IP. Past it (and the burst), 429 with Retry-After
+    /// (WebSocket: `rate_limited`). 0: no limit.
     #[arg(long, env = "CLIENT_READS_PER_SEC", default_value_t = DEFAULT_CLIENT_READS_PER_SEC)]
     pub client_reads_per_sec: u32,
-    /// REST reads one client may make at once, before the rate applies.
+    /// Reads one client may make at once, before the rate applies.
     #[arg(long, env = "CLIENT_READ_BURST", default_value_t = DEFAULT_CLIENT_READ_BURST)]
     pub client_read_burst: u32,
-    /// REST writes (POST) per second per client, as for reads. 0: no limit.
+    /// Writes per second per client (REST POSTs and WebSocket `publish`es), as for reads.
+    /// 0: no limit.
     #[arg(long, env = "CLIENT_WRITES_PER_SEC", default_value_t = DEFAULT_CLIENT_WRITES_PER_SEC)]
     pub client_writes_per_sec: u32,
-    /// REST writes one client may make at once, before the rate applies.
+    /// Writes one client may make at once, before the rate applies.
     #[arg(long, env = "CLIENT_WRITE_BURST", default_value_t = DEFAULT_CLIENT_WRITE_BURST)]
     pub client_write_burst: u32,
     /// Proxies whose `X-Forwarded-For` is believed, comma separated IPs or CIDRs (e.g. the
@@ -81,6 +89,7 @@ impl AdmissionSettings {
             ws_max_connections_per_ip: DEFAULT_WS_MAX_CONNECTIONS_PER_IP,
             ws_connects_per_ip_per_sec: DEFAULT_WS_CONNECTS_PER_IP_PER_SEC,
             ws_connect_burst_per_ip: DEFAULT_WS_CONNECT_BURST_PER_IP,
+            ws_abuse_cooldown_secs: DEFAULT_WS_ABUSE_COOLDOWN_SECS,
             client_reads_per_sec: DEFAULT_CLIENT_READS_PER_SEC,
             client_read_burst: DEFAULT_CLIENT_READ_BURST,
             client_writes_per_sec: DEFAULT_CLIENT_WRITES_PER_SEC,

@@ -214,6 +214,7 @@ impl Session {
             }
             Verdict::Abusive => {
                 self.ctx.metrics.rate_limit_closes.inc();
+                self.ctx.admission.cool_down(self.ip);
                 self.outbox
                     .closer
                     .close(CLOSE_RATE_LIMITED, "rate limit exceeded");

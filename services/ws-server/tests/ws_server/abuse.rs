@@ -320,6 +320,22 @@ async fn a_client_that_keeps_flooding_is_closed_with_4029() {
     }
     assert_eq!(flooder.until_closed().await, Ended::Closed(4029));
     assert_eq!(stack.metric("chat_ws_rate_limit_closes_total").await, 1.0);
+
+    // Reconnecting for fresh buckets does not work: the address cools down first
+    // (WS_ABUSE_COOLDOWN_SECS), while other addresses connect as usual.
+    use crate::edge::{open_from, refused_from, source};
+    let refused = refused_from(stack.ws_addr, source(1), &[]).await;
+    assert_eq!(
+        (refused.status, &refused.body["code"]),
+        (429, &json!("rate_limited"))
+    );
+    assert!(
+        refused
+            .retry_after
+            .is_some_and(|secs| (1..=10).contains(&secs)),
+        "{refused:?}"
+    );
+    assert!(open_from(stack.ws_addr, source(7), &[]).await.is_ok());
     stack.finish().await;
 }
 
