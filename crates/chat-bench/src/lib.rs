@@ -22,6 +22,16 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Runs a benchmark's async main on a two-thread runtime (the load generators leave the rest
+/// of the machine to the server under test).
+pub fn run_on_two_threads<F: std::future::Future>(main: F) -> anyhow::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(main))
+}
+
 /// `p50 … ms  p99 … ms  p99.9 … ms  max … ms` of a histogram recorded in microseconds.
 pub fn latency_summary(histogram: &hdrhistogram::Histogram<u64>) -> String {
     let ms = |micros: u64| micros as f64 / 1000.0;

@@ -118,6 +118,17 @@ impl Ctx {
     }
 }
 
+/// Sends a command; false when the connection is gone.
+async fn send_json(
+    socket: &mut WebSocketStream<MaybeTlsStream<TcpStream>>,
+    command: &serde_json::Value,
+) -> bool {
+    socket
+        .send(Message::text(command.to_string()))
+        .await
+        .is_ok()
+}
+
 /// Counts a frame from the server: `type`, or `error:<code>`.
 fn kind(text: &str) -> String {
     let frame: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
@@ -216,11 +227,7 @@ async fn subscribe_loop(
             serde_json::json!({"command": "subscribe", "channel": channel, "limit": 100}),
             serde_json::json!({"command": "unsubscribe", "channel": channel}),
         ] {
-            if socket
-                .send(Message::text(command.to_string()))
-                .await
-                .is_err()
-            {
+            if !send_json(&mut socket, &command).await {
                 return "dropped".to_owned();
             }
             // Wait for the reply (skipping live messages) before the next command.
@@ -258,11 +265,7 @@ async fn stalled(ctx: Arc<Ctx>, mut socket: WebSocketStream<MaybeTlsStream<TcpSt
     for i in 0..ctx.args.channels {
         let command =
             serde_json::json!({"command": "subscribe", "channel": ctx.victim(i), "limit": 1000});
-        if socket
-            .send(Message::text(command.to_string()))
-            .await
-            .is_err()
-        {
+        if !send_json(&mut socket, &command).await {
             return "dropped".to_owned();
         }
     }
@@ -307,11 +310,7 @@ async fn slowloris(ctx: Arc<Ctx>, i: usize) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    chat_bench::run_on_two_threads(run(args))?
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -41,11 +41,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    chat_bench::run_on_two_threads(run(args))?
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
