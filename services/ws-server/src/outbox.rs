@@ -49,12 +49,12 @@ impl Closer {
     }
 }
 
-/// A frame in the queue with the room it takes; the room is given back when this is dropped
-/// (by the writer, once the frame was flushed).
+/// A frame in the queue. It holds its room (its length in permits, see [`Outbox::cost`]) until
+/// the writer gives it back with [`Inbox::written`], once the frame was flushed. Kept to the
+/// frame alone: the queue's slots are allocated in blocks for every connection, idle or not.
 #[derive(Debug)]
 pub struct Queued {
     pub frame: Frame,
-    _room: OwnedSemaphorePermit,
 }
 
 /// What became of a frame offered without waiting.
@@ -81,6 +81,15 @@ pub struct Outbox {
 pub struct Inbox {
     pub frames: mpsc::UnboundedReceiver<Queued>,
     room: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl Inbox {
+    /// The frame was written: its room is free again.
+    pub fn written(&self, queued: &Queued) {
+        self.room
+            .add_permits(cost(&queued.frame, self.capacity) as usize);
+    }
 }
 
 impl Drop for Inbox {
@@ -88,6 +97,12 @@ impl Drop for Inbox {
     fn drop(&mut self) {
         self.room.close();
     }
+}
+
+/// The room a frame takes: its length, at most the whole queue (so any frame fits alone).
+fn cost(frame: &Frame, capacity: usize) -> u32 {
+    let bytes = frame.len().clamp(1, capacity);
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 impl Outbox {
@@ -107,14 +122,9 @@ impl Outbox {
             Inbox {
                 frames: queue,
                 room,
+                capacity,
             },
         )
-    }
-
-    /// The room a frame takes: its length, at most the whole queue (so any frame fits alone).
-    fn cost(&self, frame: &Frame) -> u32 {
-        let bytes = frame.len().clamp(1, self.capacity);
-        u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 
     /// Queues a live delivery if there is room, never waiting.
@@ -122,7 +132,7 @@ impl Outbox {
         if self.frames.is_closed() {
             return Push::Gone;
         }
-        match Arc::clone(&self.room).try_acquire_many_owned(self.cost(&frame)) {
+        match Arc::clone(&self.room).try_acquire_many_owned(cost(&frame, self.capacity)) {
             Ok(room) => self.enqueue(frame, room),
             Err(TryAcquireError::NoPermits) => Push::Full,
             Err(TryAcquireError::Closed) => Push::Gone,
@@ -131,7 +141,7 @@ impl Outbox {
 
     /// Queues a reply or a history frame, waiting for room. False when the session is gone.
     pub async fn push(&self, frame: Frame) -> bool {
-        let cost = self.cost(&frame);
+        let cost = cost(&frame, self.capacity);
         match Arc::clone(&self.room).acquire_many_owned(cost).await {
             Ok(room) => self.enqueue(frame, room) == Push::Queued,
             Err(_closed) => false,
@@ -143,8 +153,10 @@ impl Outbox {
         self.room.available_permits() == self.capacity || self.room.is_closed()
     }
 
+    /// Queues the frame; its room stays taken until the writer gives it back.
     fn enqueue(&self, frame: Frame, room: OwnedSemaphorePermit) -> Push {
-        match self.frames.send(Queued { frame, _room: room }) {
+        room.forget();
+        match self.frames.send(Queued { frame }) {
             Ok(()) => Push::Queued,
             Err(_) => Push::Gone,
         }
@@ -166,8 +178,9 @@ mod tests {
         assert_eq!(outbox.try_push(frame(41)), Push::Full);
         assert_eq!(outbox.try_push(frame(40)), Push::Queued);
         assert_eq!(outbox.try_push(frame(1)), Push::Full);
-        // Written and dropped by the writer: its room is free again.
-        drop(inbox.frames.try_recv().unwrap());
+        // Written by the writer: its room is free again.
+        let written = inbox.frames.try_recv().unwrap();
+        inbox.written(&written);
         assert_eq!(outbox.try_push(frame(60)), Push::Queued);
     }
 
@@ -188,7 +201,8 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        drop(inbox.frames.recv().await.unwrap());
+        let written = inbox.frames.recv().await.unwrap();
+        inbox.written(&written);
         assert!(waiting.await.unwrap());
 
         let waiting = tokio::spawn({

@@ -12,7 +12,15 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::MonotonicClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+/// A connection's bucket. `MonotonicClock` (std's `Instant`) is zero-sized where the default
+/// clock is not: every idle connection carries three of these.
+type Bucket =
+    RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
 
 /// Close code for a connection that kept sending over its rate limits.
 pub const CLOSE_RATE_LIMITED: u16 = 4029;
@@ -83,11 +91,12 @@ impl ClientLimits {
 }
 
 /// A token bucket; `None` (no limit) for a rate of 0.
-fn bucket(per_second: u32, burst: u32) -> Option<DefaultDirectRateLimiter> {
+fn bucket(per_second: u32, burst: u32) -> Option<Bucket> {
     let per_second = NonZeroU32::new(per_second)?;
     let burst = NonZeroU32::new(burst.max(1)).expect("at least one");
-    Some(RateLimiter::direct(
+    Some(RateLimiter::direct_with_clock(
         Quota::per_second(per_second).allow_burst(burst),
+        MonotonicClock,
     ))
 }
 
@@ -110,9 +119,9 @@ pub enum Verdict {
 
 /// A connection's token buckets.
 pub struct Rates {
-    publish: Option<DefaultDirectRateLimiter>,
-    command: Option<DefaultDirectRateLimiter>,
-    strikes: Option<DefaultDirectRateLimiter>,
+    publish: Option<Bucket>,
+    command: Option<Bucket>,
+    strikes: Option<Bucket>,
 }
 
 impl Rates {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chat_core::channel::ChannelName;
@@ -92,7 +92,7 @@ pub async fn run(
         subscriptions: HashMap::new(),
         rates: limits.rates(),
         ip,
-        in_flight: Arc::new(Semaphore::new(limits.ws_publishes_in_flight.max(1))),
+        in_flight: OnceLock::new(),
         ctx: Arc::clone(&ctx),
         principal,
     };
@@ -114,8 +114,9 @@ struct Session {
     rates: Rates,
     /// The client's address: its reads and writes count against it when it has no user.
     ip: IpAddr,
-    /// Publishes waiting for Kafka's acknowledgement, at most `WS_PUBLISHES_IN_FLIGHT`.
-    in_flight: Arc<Semaphore>,
+    /// Publishes waiting for Kafka's acknowledgement, at most `WS_PUBLISHES_IN_FLIGHT`; made at
+    /// the first publish (most connections never publish).
+    in_flight: OnceLock<Arc<Semaphore>>,
 }
 
 impl Session {
@@ -164,7 +165,9 @@ impl Session {
                             closer.close(CLOSE_GOING_AWAY, "server shutting down");
                             return;
                         }
-                        () = self.handle(&text) => {}
+                        // Boxed: a command's future (history pages, a publish waiting for
+                        // room) would otherwise be reserved in every idle connection's task.
+                        () = Box::pin(self.handle(&text)) => {}
                     }
                 }
                 Message::Binary(_) => {
@@ -470,7 +473,11 @@ impl Session {
     /// Produces the message on a task of its own and answers when Kafka did; waits first while
     /// the connection has `WS_PUBLISHES_IN_FLIGHT` publishes unanswered.
     async fn publish(&self, publication: Publication, id: Option<Value>) {
-        let Ok(in_flight) = Arc::clone(&self.in_flight).acquire_owned().await else {
+        let in_flight = self.in_flight.get_or_init(|| {
+            let most = self.ctx.client_limits.ws_publishes_in_flight;
+            Arc::new(Semaphore::new(most.max(1)))
+        });
+        let Ok(in_flight) = Arc::clone(in_flight).acquire_owned().await else {
             return;
         };
         let publisher = self.ctx.publisher.clone();

@@ -99,7 +99,11 @@ impl Writer {
             }
             sink.flush().await
         };
-        bounded(self.write_timeout, write).await
+        let written = bounded(self.write_timeout, write).await;
+        for queued in &batch {
+            self.inbox.written(queued);
+        }
+        written
     }
 }
 
