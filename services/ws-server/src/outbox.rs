@@ -2,14 +2,14 @@
 //! frames, bounded in bytes ([`Outbox`]), and the one-shot close request ([`Closer`]).
 //!
 //! The bound counts every byte queued for the connection until the writer has flushed it to the
-//! socket: a frame holds its share of the queue's room ([`Queued`]) until the writer drops it.
+//! socket: a frame holds its share of the queue's room ([`Queued`]) until the writer gives it back.
 //! Live deliveries never wait for room ([`Outbox::try_push`]: a full queue is a slow consumer,
 //! closed with 4008); replies and history wait ([`Outbox::push`]), so a slow reader only slows
 //! its own commands.
 
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{mpsc, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 /// A serialized server frame, shared by every connection it is delivered to.
@@ -85,10 +85,16 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// The frame was written: its room is free again.
-    pub fn written(&self, queued: &Queued) {
-        self.room
-            .add_permits(cost(&queued.frame, self.capacity) as usize);
+    /// The frames were written: their room is free again (one semaphore call per batch, not
+    /// per frame: this runs for every frame of every connection).
+    pub fn written<'a>(&self, frames: impl IntoIterator<Item = &'a Queued>) {
+        let room: usize = frames
+            .into_iter()
+            .map(|queued| cost(&queued.frame, self.capacity) as usize)
+            .sum();
+        if room > 0 {
+            self.room.add_permits(room);
+        }
     }
 }
 
@@ -132,8 +138,11 @@ impl Outbox {
         if self.frames.is_closed() {
             return Push::Gone;
         }
-        match Arc::clone(&self.room).try_acquire_many_owned(cost(&frame, self.capacity)) {
-            Ok(room) => self.enqueue(frame, room),
+        match self.room.try_acquire_many(cost(&frame, self.capacity)) {
+            Ok(room) => {
+                room.forget();
+                self.enqueue(frame)
+            }
             Err(TryAcquireError::NoPermits) => Push::Full,
             Err(TryAcquireError::Closed) => Push::Gone,
         }
@@ -142,8 +151,11 @@ impl Outbox {
     /// Queues a reply or a history frame, waiting for room. False when the session is gone.
     pub async fn push(&self, frame: Frame) -> bool {
         let cost = cost(&frame, self.capacity);
-        match Arc::clone(&self.room).acquire_many_owned(cost).await {
-            Ok(room) => self.enqueue(frame, room) == Push::Queued,
+        match self.room.acquire_many(cost).await {
+            Ok(room) => {
+                room.forget();
+                self.enqueue(frame) == Push::Queued
+            }
             Err(_closed) => false,
         }
     }
@@ -153,9 +165,9 @@ impl Outbox {
         self.room.available_permits() == self.capacity || self.room.is_closed()
     }
 
-    /// Queues the frame; its room stays taken until the writer gives it back.
-    fn enqueue(&self, frame: Frame, room: OwnedSemaphorePermit) -> Push {
-        room.forget();
+    /// Queues the frame; its room (taken and forgotten by the caller) stays taken until the
+    /// writer gives it back.
+    fn enqueue(&self, frame: Frame) -> Push {
         match self.frames.send(Queued { frame }) {
             Ok(()) => Push::Queued,
             Err(_) => Push::Gone,
@@ -180,7 +192,7 @@ mod tests {
         assert_eq!(outbox.try_push(frame(1)), Push::Full);
         // Written by the writer: its room is free again.
         let written = inbox.frames.try_recv().unwrap();
-        inbox.written(&written);
+        inbox.written([&written]);
         assert_eq!(outbox.try_push(frame(60)), Push::Queued);
     }
 
@@ -202,7 +214,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         let written = inbox.frames.recv().await.unwrap();
-        inbox.written(&written);
+        inbox.written([&written]);
         assert!(waiting.await.unwrap());
 
         let waiting = tokio::spawn({

@@ -50,7 +50,7 @@ pub fn outbox(capacity: usize) -> (Outbox, Inbox) {
 pub fn queued(queue: &mut Inbox) -> Vec<i64> {
     let mut seqs = Vec::new();
     while let Ok(queued) = queue.frames.try_recv() {
-        queue.written(&queued);
+        queue.written([&queued]);
         let frame: serde_json::Value = serde_json::from_str(&queued.frame).unwrap();
         assert_eq!(frame["type"], "message");
         seqs.push(frame["message"]["seq"].as_i64().unwrap());

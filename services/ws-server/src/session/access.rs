@@ -91,6 +91,7 @@ impl Session {
             reply_to,
         }
         .to_json();
+        self.client = self.ctx.admission.ws_client(self.ip, principal.user_id());
         self.principal = principal;
         let revoked: Vec<ChannelName> = self
             .subscriptions

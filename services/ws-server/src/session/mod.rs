@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::admission::{Admission, Operation};
+use crate::admission::{Admission, Client, Operation};
 use crate::auth::gate::{Gate, Principal};
 use crate::auth::Right;
 use crate::history::{FirstPage, History, READ_PAGE};
@@ -91,6 +91,7 @@ pub async fn run(
         outbox,
         subscriptions: HashMap::new(),
         rates: limits.rates(),
+        client: ctx.admission.ws_client(ip, principal.user_id()),
         ip,
         in_flight: OnceLock::new(),
         ctx: Arc::clone(&ctx),
@@ -112,7 +113,10 @@ struct Session {
     /// Who is on the other end; replaced by an `auth` command.
     principal: Principal,
     rates: Rates,
-    /// The client's address: its reads and writes count against it when it has no user.
+    /// Whom the shared read and write rates count: the user, else the address (set again when
+    /// an `auth` changes the principal).
+    client: Client,
+    /// The client's address: it cools down after a 4029.
     ip: IpAddr,
     /// Publishes waiting for Kafka's acknowledgement, at most `WS_PUBLISHES_IN_FLIGHT`; made at
     /// the first publish (most connections never publish).
@@ -254,11 +258,7 @@ impl Session {
         let Some(operation) = operation.filter(|_| verdict == Verdict::Allowed) else {
             return verdict;
         };
-        let client = self
-            .ctx
-            .admission
-            .ws_client(self.ip, self.principal.user_id());
-        if self.ctx.admission.admit_command(&client, operation) {
+        if self.ctx.admission.admit_command(&self.client, operation) {
             Verdict::Allowed
         } else {
             self.rates.strike()

@@ -100,9 +100,7 @@ impl Writer {
             sink.flush().await
         };
         let written = bounded(self.write_timeout, write).await;
-        for queued in &batch {
-            self.inbox.written(queued);
-        }
+        self.inbox.written(&batch);
         written
     }
 }

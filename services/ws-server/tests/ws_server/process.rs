@@ -65,16 +65,29 @@ impl ServerProcess {
         }
     }
 
-    /// The process's resident memory, in bytes.
-    pub fn rss(&self) -> u64 {
+    /// A `kB` field of the process's `/proc/<pid>/status` (`VmRSS`: resident now, `VmHWM`:
+    /// peak resident), in KiB.
+    pub fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("the server process is alive");
-        let kib: u64 = status
+        status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status");
-        kib * 1024
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
+    }
+
+    /// The process's resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        self.status_kib("VmRSS") * 1024
+    }
+
+    /// Resets the peak resident set to the current one (`/proc/<pid>/clear_refs`); returns the
+    /// current one, in KiB.
+    pub fn reset_peak(&self) -> u64 {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
+            .expect("resetting VmHWM through clear_refs");
+        self.status_kib("VmHWM")
     }
 }
 

@@ -4,96 +4,19 @@
 //! set (VmHWM, reset through `/proc/<pid>/clear_refs` before each request) must grow by less than
 //! 1 MiB while 64 MiB are sent.
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::{read_response, RawResponse};
-use crate::support::{kafka_brokers, redis_url, Isolation, PATIENCE};
+use crate::process::ServerProcess;
+use crate::support::Isolation;
 
 const HUGE: usize = 64 * 1024 * 1024;
 /// The default HTTP_MAX_BODY_BYTES.
 const LIMIT: usize = 64 * 1024;
 const PATH: &str = "/channels/%23edge/messages";
-
-/// The real chat-ws-server, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Server {
-    async fn start(iso: &Isolation) -> Self {
-        let port = free_port();
-        let internal_port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_chat-ws-server"))
-            .env("KAFKA_BROKERS", kafka_brokers())
-            .env("KAFKA_TOPIC", &iso.topic)
-            .env("DATABASE_URL", &iso.database_url)
-            .env("REDIS_URL", redis_url())
-            .env("REDIS_PREFIX", &iso.redis_prefix)
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("INTERNAL_HTTP_ADDR", format!("127.0.0.1:{internal_port}"))
-            .env("AUTH_MODE", "anonymous")
-            .env("SHUTDOWN_DRAIN_SECS", "0")
-            .env("LOG_FORMAT", "text")
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("chat-ws-server starts");
-        let server = Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let ready = format!("http://127.0.0.1:{internal_port}/readyz");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(response) = reqwest::get(&ready).await {
-                if response.status().is_success() {
-                    return server;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chat-ws-server never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB"))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
-    }
-
-    /// Resets the peak resident set to the current one; returns the current one, in KiB.
-    fn reset_peak(&self) -> u64 {
-        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
-            .expect("resetting VmHWM through clear_refs");
-        self.status_kib("VmHWM:")
-    }
-}
 
 /// Sends a POST of `size` bytes, `start` then spaces (with `Content-Length`, or chunked)
 /// while reading; stops sending once the response is in or the server closed the connection.
@@ -149,12 +72,12 @@ async fn post(addr: SocketAddr, start: &[u8], size: usize, chunked: bool) -> Raw
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_post_gets_413_before_it_is_buffered_with_a_length_or_chunked() {
     let iso = Isolation::create().await;
-    let server = Server::start(&iso).await;
+    let server = ServerProcess::spawn(&iso, &[("SHUTDOWN_DRAIN_SECS", "0")]).await;
     // Warm up the paths measured below, so the figures show the body, not first use.
     // A body of exactly the limit is read, either way.
     let message = br#"{"author": "edge", "text": "at the limit"}"#;
     for chunked in [false, true] {
-        let at_limit = post(server.addr, message, LIMIT, chunked).await;
+        let at_limit = post(server.ws_addr, message, LIMIT, chunked).await;
         assert_eq!(
             at_limit.status,
             202,
@@ -164,7 +87,7 @@ async fn a_64_mib_post_gets_413_before_it_is_buffered_with_a_length_or_chunked()
     }
     // Warm up the refusals measured below, so the figures show the body, not first use.
     for chunked in [false, true] {
-        let over = post(server.addr, message, LIMIT + 1, chunked).await;
+        let over = post(server.ws_addr, message, LIMIT + 1, chunked).await;
         assert_eq!(over.status, 413);
     }
 
@@ -175,9 +98,9 @@ async fn a_64_mib_post_gets_413_before_it_is_buffered_with_a_length_or_chunked()
             "with Content-Length"
         };
         let before = server.reset_peak();
-        let response = post(server.addr, message, HUGE, chunked).await;
-        let peak = server.status_kib("VmHWM:");
-        let after = server.status_kib("VmRSS:");
+        let response = post(server.ws_addr, message, HUGE, chunked).await;
+        let peak = server.status_kib("VmHWM");
+        let after = server.status_kib("VmRSS");
         println!(
             "64 MiB POST {how}: {} ; resident {before} KiB before, peak {peak} KiB (+{} KiB), \
              {after} KiB after",
