@@ -53,6 +53,9 @@ pub struct Violation {
     pub at_secs: f64,
 }
 
+/// How many of the longest waits are kept (to line them up with the faults).
+const LONGEST_KEPT: usize = 10;
+
 #[derive(Debug, Default)]
 pub struct History {
     publishes: Mutex<HashMap<Uuid, Publish>>,
@@ -63,8 +66,8 @@ pub struct History {
     faults: Mutex<Vec<FaultRecord>>,
     pub counters: Counters,
     started: std::sync::OnceLock<std::time::Instant>,
-    /// Longest wait for an owed message, with what it was.
-    longest_wait: Mutex<(Duration, String)>,
+    /// The longest waits for an owed message: (wait, what, received at run secs), longest first.
+    longest_waits: Mutex<Vec<(Duration, String, f64)>>,
     latency: Mutex<Option<hdrhistogram::Histogram<u64>>>,
 }
 
@@ -196,14 +199,18 @@ impl History {
         if let Some(h) = self.latency.lock().unwrap().as_mut() {
             let _ = h.record((wait.as_micros() as u64).max(1));
         }
-        let mut longest = self.longest_wait.lock().unwrap();
-        if wait > longest.0 {
-            *longest = (wait, what());
+        let mut longest = self.longest_waits.lock().unwrap();
+        if longest.len() < LONGEST_KEPT || longest.last().is_some_and(|l| wait > l.0) {
+            let entry = (wait, what(), self.now_secs());
+            let at = longest.partition_point(|l| l.0 >= wait);
+            longest.insert(at, entry);
+            longest.truncate(LONGEST_KEPT);
         }
     }
 
-    pub fn longest_wait(&self) -> (Duration, String) {
-        self.longest_wait.lock().unwrap().clone()
+    /// The longest waits, longest first: (wait, what, received at run secs).
+    pub fn longest_waits(&self) -> Vec<(Duration, String, f64)> {
+        self.longest_waits.lock().unwrap().clone()
     }
 
     /// Delivery latency percentiles in milliseconds (p50, p99, p99.9).

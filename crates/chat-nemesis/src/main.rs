@@ -263,7 +263,11 @@ fn summarize(
     let c = &history.counters;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let (p50, p99, p999) = history.latency_ms();
-    let (longest, longest_what) = history.longest_wait();
+    let longest_waits = history.longest_waits();
+    let (longest, longest_what) = longest_waits
+        .first()
+        .map(|(wait, what, at)| (*wait, format!("{what}, received at {at:.1} s")))
+        .unwrap_or_default();
     let gaps = counts.get("gap").copied().unwrap_or(0);
     let repeats = counts.get("repeat_or_reorder").copied().unwrap_or(0);
 
@@ -350,7 +354,9 @@ fn summarize(
             "report": report, "quiet": quiet, "violations_by_kind": counts,
             "deliveries": get(&c.deliveries), "reconnects": get(&c.reconnects),
             "wait_ms": {"p50": p50, "p99": p99, "p99_9": p999, "longest": longest.as_secs_f64() * 1000.0},
-            "longest_wait": longest_what,
+            "longest_waits": longest_waits.iter().map(|(wait, what, at)| {
+                json!({"secs": wait.as_secs_f64(), "message": what, "received_at_secs": at})
+            }).collect::<Vec<_>>(),
         }),
     )?;
     let mut publishes = history.publishes();
