@@ -38,8 +38,18 @@ pub struct ChaosProxy {
 impl ChaosProxy {
     /// A proxy on an ephemeral loopback port.
     pub async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        Self::serve(listener, target)
+        Self::bind(target)
+    }
+
+    /// [`ChaosProxy::start`] for code that cannot await (e.g. a settings closure); it must run
+    /// inside a Tokio runtime.
+    pub fn bind(target: SocketAddr) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener.set_nonblocking(true).expect("non-blocking proxy");
+        Self::serve(
+            TcpListener::from_std(listener).expect("proxy listener"),
+            target,
+        )
     }
 
     /// A proxy on a given address (e.g. the port a Kafka listener advertises).

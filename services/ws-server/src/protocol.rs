@@ -280,7 +280,8 @@ pub enum ServerFrame<'a> {
     Unsubscribed {
         channel: &'a ChannelName,
         /// Why the server ended the subscription (`forbidden` after a token refresh removed the
-        /// right); absent when the client asked.
+        /// right; `history_unavailable` when PostgreSQL failed after `subscribed`, while the rest
+        /// of the history was read); absent when the client asked.
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]

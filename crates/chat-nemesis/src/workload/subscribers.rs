@@ -286,18 +286,26 @@ impl Client {
                 }
             }
             Some("unsubscribed") => {
-                let channel = frame["channel"].as_str().unwrap_or_default();
-                match (&pending, frame.get("reason")) {
-                    (Some(Pending::Unsubscribe(asked)), None) if asked == channel => {}
+                let channel = frame["channel"].as_str().unwrap_or_default().to_owned();
+                match (&pending, frame["reason"].as_str()) {
+                    (Some(Pending::Unsubscribe(asked)), None) if *asked == channel => {}
+                    // The server ended it: PostgreSQL failed while the rest of the history was
+                    // read. Resume with `since`, like after a disconnect.
+                    (None, Some("history_unavailable")) if self.streams.contains_key(&channel) => {
+                        bump(&history.counters.subscribe_retries);
+                        let at = Instant::now()
+                            + Duration::from_millis(self.rng.random_range(300..1_000));
+                        self.retries.push((at, channel.clone()));
+                    }
                     _ => history.violation(
                         "unexpected_unsubscribed",
                         format!("client {}: {frame}", self.n),
                     ),
                 }
-                if let Some(stream) = self.streams.get_mut(channel) {
+                if let Some(stream) = self.streams.get_mut(&channel) {
                     stream.subscribed = false;
                 }
-                self.tails.set(self.n, channel, None);
+                self.tails.set(self.n, &channel, None);
             }
             Some("error") => {
                 let code = frame["code"].as_str().unwrap_or_default();

@@ -368,7 +368,7 @@ impl Session {
             })?;
         let FirstPage {
             messages,
-            last_seq: mut cursor,
+            last_seq: cursor,
             more,
             from_store,
         } = self
@@ -404,28 +404,61 @@ impl Session {
             };
             self.send(frame.to_json()).await;
         }
-        let mut history = if from_store { messages } else { Vec::new() };
+        let history = if from_store { messages } else { Vec::new() };
+        match self
+            .go_live(&subscription, &channel, cursor, more, history)
+            .await
+        {
+            Ok(true) => {
+                self.subscriptions.insert(channel, subscription);
+                self.ctx.metrics.subscriptions.inc();
+            }
+            Ok(false) => {}
+            Err(err) => {
+                // `subscribed` is out: an error would leave the client believing it is
+                // subscribed. The subscription ends like any the server ends, with a reason;
+                // the client resumes with `since` = the last seq it received.
+                tracing::warn!(%channel, error = %err.message, "history read failed during a subscribe");
+                drop(subscription);
+                let frame = ServerFrame::Unsubscribed {
+                    channel: &channel,
+                    reason: Some("history_unavailable"),
+                    reply_to: None,
+                };
+                self.send(frame.to_json()).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// After `subscribed`: the rest of the history, then the hub's buffered messages above it.
+    /// True once live; false when the hub closed the subscription meanwhile.
+    async fn go_live(
+        &self,
+        subscription: &Subscription,
+        channel: &ChannelName,
+        mut cursor: i64,
+        more: bool,
+        mut history: Vec<crate::recent::Shared>,
+    ) -> Result<bool, ProtocolError> {
         if more {
-            cursor = self.catch_up(&channel, cursor).await?;
+            cursor = self.catch_up(channel, cursor).await?;
         }
         loop {
-            let outcome = self.ctx.hub.go_live(&subscription, cursor, &history);
+            let outcome = self.ctx.hub.go_live(subscription, cursor, &history);
             history = Vec::new();
             match outcome {
-                GoLive::Live => break,
-                GoLive::Closed => return Ok(()),
+                GoLive::Live => return Ok(true),
+                GoLive::Closed => return Ok(false),
                 GoLive::CatchUp => {
                     let before = cursor;
-                    cursor = self.catch_up(&channel, cursor).await?;
+                    cursor = self.catch_up(channel, cursor).await?;
                     if cursor == before {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
             }
         }
-        self.subscriptions.insert(channel, subscription);
-        self.ctx.metrics.subscriptions.inc();
-        Ok(())
     }
 
     /// Ends a subscription (the client asked, or `reason` says why the server did); false when

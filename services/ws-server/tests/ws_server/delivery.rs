@@ -3,6 +3,7 @@ use std::time::Duration;
 use chat_core::channel::ChannelName;
 use chat_core::envelope::{redis_channel, Envelope};
 use chat_core::message::{MessageId, NewMessage};
+use chat_testkit::chaos::{url_addr, url_via, ChaosProxy};
 use futures::StreamExt;
 use rand::Rng;
 use serde_json::json;
@@ -101,6 +102,58 @@ async fn resume_with_since_after_missing_thousands_delivers_every_message_in_ord
     let live = receive_until(&mut client, "resume", 3511).await;
     assert_eq!(live.len(), 1);
     assert_eq!(live[0]["text"], "live again");
+    stack.finish().await;
+}
+
+/// Found by the nemesis run: PostgreSQL failing after `subscribed` was sent, while the rest of a
+/// long history is read, used to answer an `error` the client could not tell from a refused
+/// subscribe, so it believed itself subscribed and waited forever. The subscription now ends
+/// with `unsubscribed` and a reason, and a resume with `since` continues without gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_read_failing_after_subscribed_ends_the_subscription_with_a_reason() {
+    let mut proxy = None;
+    let stack = Stack::start_with(|settings| {
+        let url = &settings.postgres.database_url;
+        let through = ChaosProxy::bind(url_addr(url));
+        settings.postgres.database_url = url_via(url, through.addr());
+        proxy = Some(through);
+    })
+    .await;
+    let proxy = proxy.expect("proxy");
+    stack.produce_many("long", "m", 350).await;
+    stack.wait_stored("long", 350).await;
+    let mut client = stack.connect().await;
+    // Slow enough that the read after the first page is still on the wire when the link drops.
+    proxy.slow(Duration::from_millis(300));
+    let reply = client
+        .subscribe(json!({"command": "subscribe", "channel": "long", "since": 0, "id": 1}))
+        .await;
+    proxy.cut();
+    let mut seen = seqs(&reply["messages"]);
+    assert!(seen.len() < 350, "the history takes more than one read");
+    let ended = loop {
+        let frame = client.recv().await;
+        match frame["type"].as_str() {
+            Some("message") => seen.push(frame["message"]["seq"].as_i64().unwrap()),
+            _ => break frame,
+        }
+    };
+    assert_eq!(ended["type"], "unsubscribed", "{ended}");
+    assert_eq!(ended["channel"], "long");
+    assert_eq!(ended["reason"], "history_unavailable", "{ended}");
+
+    proxy.restore();
+    let last = *seen.last().expect("the first page");
+    assert_contiguous(&seen, 1, last);
+    let reply = client
+        .subscribe(json!({"command": "subscribe", "channel": "long", "since": last}))
+        .await;
+    seen.extend(seqs(&reply["messages"]));
+    if *seen.last().unwrap() < 350 {
+        let rest = receive_until(&mut client, "long", 350).await;
+        seen.extend(rest.iter().map(|m| m["seq"].as_i64().unwrap()));
+    }
+    assert_contiguous(&seen, 1, 350);
     stack.finish().await;
 }
 
