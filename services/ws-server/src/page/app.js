@@ -195,8 +195,27 @@
       case "error":
         onError(frame, meta);
         break;
-      default: // "pong", "unsubscribed": nothing to do
+      case "unsubscribed":
+        onUnsubscribed(frame);
+        break;
+      default: // "pong": nothing to do
     }
+  }
+
+  // The server ended a subscription (a reply to our own unsubscribe has no reason).
+  function onUnsubscribed(frame) {
+    const ch = channels.get(frame.channel);
+    if (!ch || !frame.reason) return;
+    ch.sub = "none";
+    if (frame.reason === "history_unavailable") {
+      // PostgreSQL failed while the rest of the history was read: resume with `since` shortly.
+      setTimeout(() => { if (channels.get(ch.name) === ch) subscribe(ch); }, 2000);
+      notice(`Cannot load ${ch.name} right now; retrying…`);
+    } else {
+      notice(`${ch.name}: no longer readable (${frame.reason})`);
+      leave(ch.name);
+    }
+    updateStatus();
   }
 
   function onError(frame, meta) {
