@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -68,6 +70,8 @@ pub struct Proc {
     env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
+    /// The running process's pid (0 when none), readable without the lock (see `kill_all`).
+    pid: Arc<AtomicU32>,
     pub starts: u32,
 }
 
@@ -79,6 +83,7 @@ impl Proc {
             env,
             log: logs.join(format!("{name}.log")),
             child: None,
+            pid: Arc::default(),
             starts: 0,
         }
     }
@@ -100,6 +105,7 @@ impl Proc {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("start {}", self.program.display()))?;
+        self.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
         self.child = Some(child);
         self.starts += 1;
         Ok(())
@@ -114,6 +120,7 @@ impl Proc {
 
     /// SIGKILL: no shutdown path runs.
     pub async fn kill(&mut self) {
+        self.pid.store(0, Ordering::SeqCst);
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
             let _ = child.wait().await;
@@ -123,6 +130,7 @@ impl Proc {
     /// SIGTERM, then waits up to `patience` for the exit; SIGKILL after that. Returns whether
     /// the process exited by itself, successfully.
     pub async fn terminate(&mut self, patience: Duration) -> bool {
+        self.pid.store(0, Ordering::SeqCst);
         let Some(mut child) = self.child.take() else {
             return true;
         };
@@ -155,6 +163,8 @@ pub struct Cluster {
     /// `host:port` of each ws-server's public listener.
     pub ws_addrs: Vec<SocketAddr>,
     ws_internal: Vec<SocketAddr>,
+    /// The pid cell of every process.
+    pids: Vec<Arc<AtomicU32>>,
     /// One `scripts/services` call at a time.
     services: Mutex<()>,
 }
@@ -254,7 +264,14 @@ impl Cluster {
                 ))
             })
             .collect();
+        let workers: Vec<Mutex<Proc>> = workers;
+        let ws_servers: Vec<Mutex<Proc>> = ws_servers;
+        let mut pids = Vec::new();
+        for proc in workers.iter().chain(&ws_servers) {
+            pids.push(proc.lock().await.pid.clone());
+        }
         let cluster = Self {
+            pids,
             layout,
             postgres,
             redis,
@@ -346,6 +363,18 @@ impl Cluster {
             server.lock().await.start()?;
         }
         self.wait_ready(Duration::from_secs(120)).await
+    }
+
+    /// SIGKILL to every chat process, also those a fault holds the lock of.
+    pub fn kill_all(&self) {
+        for pid in &self.pids {
+            let pid = pid.swap(0, Ordering::SeqCst);
+            if pid != 0 {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
     }
 
     /// SIGTERM to every chat process.

@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Cluster, Dependency};
+use crate::cluster::{Cluster, Dependency, Proc};
 use crate::history::{FaultRecord, History};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -181,11 +181,8 @@ impl Fault {
             |rng: &mut StdRng, lo: f64, hi: f64| Duration::from_secs_f64(rng.random_range(lo..=hi));
         match self.kind {
             Kind::WorkerKill => {
-                let mut worker = cluster.workers[rng.random_range(0..2)].lock().await;
-                worker.kill().await;
-                tokio::time::sleep(secs(&mut rng, 1.0, 4.0)).await;
-                worker.start()?;
-                Ok(worker.name.clone())
+                let worker = &cluster.workers[rng.random_range(0..2)];
+                kill_and_restart(worker, secs(&mut rng, 1.0, 4.0)).await
             }
             Kind::WorkerTerm => {
                 let mut worker = cluster.workers[rng.random_range(0..2)].lock().await;
@@ -202,11 +199,8 @@ impl Fault {
                 })
             }
             Kind::WsServerKill => {
-                let mut server = cluster.ws_servers[rng.random_range(0..2)].lock().await;
-                server.kill().await;
-                tokio::time::sleep(secs(&mut rng, 2.0, 6.0)).await;
-                server.start()?;
-                Ok(server.name.clone())
+                let server = &cluster.ws_servers[rng.random_range(0..2)];
+                kill_and_restart(server, secs(&mut rng, 2.0, 6.0)).await
             }
             Kind::Rebalance => {
                 let mut third = cluster.workers[2].lock().await;
@@ -252,4 +246,16 @@ impl Fault {
             }
         }
     }
+}
+
+/// SIGKILL, a pause, and the process started again.
+async fn kill_and_restart(
+    proc: &tokio::sync::Mutex<Proc>,
+    down: Duration,
+) -> anyhow::Result<String> {
+    let mut proc = proc.lock().await;
+    proc.kill().await;
+    tokio::time::sleep(down).await;
+    proc.start()?;
+    Ok(proc.name.clone())
 }

@@ -121,6 +121,29 @@ async fn main() -> anyhow::Result<()> {
         port_base: args.port_base,
     };
     let cluster = Arc::new(Cluster::start(layout).await?);
+    // Interrupted (Ctrl-C, SIGTERM): the chat processes must not outlive the run.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let passed = tokio::select! {
+        passed = run(&args, seed, cluster.clone(), started) => passed?,
+        _ = tokio::signal::ctrl_c() => interrupted(&cluster).await,
+        _ = terminate.recv() => interrupted(&cluster).await,
+    };
+    std::process::exit(if passed { 0 } else { 1 });
+}
+
+async fn interrupted(cluster: &Cluster) -> bool {
+    eprintln!("nemesis: interrupted; stopping the chat processes");
+    cluster.kill_all();
+    std::process::exit(130);
+}
+
+/// The workload, the faults, the quiet and the check; true when no guarantee was broken.
+async fn run(
+    args: &Args,
+    seed: u64,
+    cluster: Arc<Cluster>,
+    started: Instant,
+) -> anyhow::Result<bool> {
     let history = Arc::new(History::new());
     let tails = Arc::new(Tails::default());
     let workload = Workload {
@@ -241,8 +264,7 @@ async fn main() -> anyhow::Result<()> {
     while readers.join_next().await.is_some() {}
     cluster.stop().await;
 
-    let passed = summarize(&args, seed, &history, &quiet, &report, started.elapsed())?;
-    std::process::exit(if passed { 0 } else { 1 });
+    summarize(args, seed, &history, &quiet, &report, started.elapsed())
 }
 
 /// Prints the summary, writes the history files; true when no guarantee was broken.

@@ -44,16 +44,46 @@ fn next_message(
     publish
 }
 
-/// Publishes over WebSocket until the workload winds down.
-pub async fn websocket(workload: Workload, n: usize, seed: u64) {
+/// What one attempt to publish a message gave.
+enum Outcome {
+    Acknowledged,
+    /// Not acknowledged: try again after this pause.
+    Retry(Duration),
+    /// Refused for its content: a bug of the workload or the server (a violation).
+    Refused(String),
+    /// The run ended while connecting.
+    Ended,
+}
+
+/// One way into the system: how a message is sent once.
+trait Way {
+    const VIA: Via;
+    const NAME: &'static str;
+
+    /// Makes the message ready to send (the raw producer makes some malformed on purpose).
+    fn prepare(&mut self, _message: &mut Publish) {}
+
+    async fn attempt(
+        &mut self,
+        workload: &Workload,
+        message: &Publish,
+        rng: &mut StdRng,
+    ) -> Outcome;
+}
+
+/// One publisher: a message, retried with its id until acknowledged, then the next, until the
+/// workload winds down.
+async fn drive<W: Way>(workload: Workload, mut way: W, n: usize, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let name = format!("ws-{n}");
+    let name = format!("{}-{n}", W::NAME);
     let history = workload.history.clone();
-    let mut socket: Option<Socket> = None;
-    let mut command = 0u64;
     let mut index = 0u64;
     while !workload.winding_down.is_cancelled() {
-        let message = next_message(&workload, Via::WebSocket, &name, index, &mut rng);
+        let mut message = next_message(&workload, W::VIA, &name, index, &mut rng);
+        way.prepare(&mut message);
+        if message.malformed {
+            history.tried(message.clone());
+        }
         let mut first = true;
         loop {
             if !std::mem::take(&mut first) {
@@ -62,35 +92,17 @@ pub async fn websocket(workload: Workload, n: usize, seed: u64) {
             if workload.end.is_cancelled() {
                 return;
             }
-            if socket.is_none() {
-                socket = connect(&workload, &mut rng).await;
-            }
-            let Some(ws) = socket.as_mut() else { return };
-            command += 1;
-            let publish = json!({
-                "command": "publish", "channel": message.channel, "author": message.author,
-                "text": message.text, "message_id": message.id, "id": command,
-            });
-            match ws_publish(ws, &publish, command).await {
-                Reply::Acknowledged(id) => {
-                    if id != message.id {
-                        history.violation(
-                            "acknowledged_with_other_id",
-                            format!("{name}: published {id}, sent {}", message.id),
-                        );
-                    }
+            match way.attempt(&workload, &message, &mut rng).await {
+                Outcome::Acknowledged => {
                     history.acknowledged(message.id);
                     break;
                 }
-                Reply::Retry => tokio::time::sleep(Duration::from_millis(200)).await,
-                Reply::Refused(code) => {
-                    history.violation("publish_refused", format!("{name}: {code}"));
+                Outcome::Retry(pause) => tokio::time::sleep(pause).await,
+                Outcome::Refused(detail) => {
+                    history.violation("publish_refused", format!("{name}: {detail}"));
                     break;
                 }
-                Reply::Lost => {
-                    socket = None;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Outcome::Ended => return,
             }
         }
         index += 1;
@@ -98,100 +110,132 @@ pub async fn websocket(workload: Workload, n: usize, seed: u64) {
     }
 }
 
-enum Reply {
-    Acknowledged(Uuid),
-    /// Not acknowledged; try again on the same connection.
-    Retry,
-    /// Refused for its content: a bug of the workload or the server.
-    Refused(String),
-    /// The connection ended or stayed silent: reconnect and try again.
-    Lost,
+/// The acknowledgement names the message's own id.
+fn check_id(workload: &Workload, message: &Publish, acknowledged: Option<&str>) {
+    if acknowledged != Some(message.id.to_string().as_str()) {
+        workload.history.violation(
+            "acknowledged_with_other_id",
+            format!(
+                "{}: acknowledged as {acknowledged:?}, sent {}",
+                message.publisher, message.id
+            ),
+        );
+    }
 }
 
-async fn ws_publish(socket: &mut Socket, publish: &serde_json::Value, command: u64) -> Reply {
-    if send(socket, publish).await.is_err() {
-        return Reply::Lost;
-    }
-    // The server answers `publish_failed` after 10 s without Kafka's acknowledgement.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(frame) = next_frame(socket, left).await else {
-            return Reply::Lost;
-        };
-        if frame["reply_to"].as_u64() != Some(command) {
-            continue;
+/// Publishes over WebSocket (`publish` with a `message_id`) until the workload winds down.
+pub async fn websocket(workload: Workload, n: usize, seed: u64) {
+    let way = WebSocket {
+        socket: None,
+        command: 0,
+    };
+    drive(workload, way, n, seed).await;
+}
+
+struct WebSocket {
+    socket: Option<Socket>,
+    command: u64,
+}
+
+impl Way for WebSocket {
+    const VIA: Via = Via::WebSocket;
+    const NAME: &'static str = "ws";
+
+    async fn attempt(
+        &mut self,
+        workload: &Workload,
+        message: &Publish,
+        rng: &mut StdRng,
+    ) -> Outcome {
+        if self.socket.is_none() {
+            self.socket = connect(workload, rng).await;
         }
-        return match frame["type"].as_str() {
-            Some("published") => frame["id"]
-                .as_str()
-                .and_then(|id| id.parse().ok())
-                .map_or(Reply::Refused(frame.to_string()), Reply::Acknowledged),
-            Some("error") => match frame["code"].as_str() {
-                Some("publish_failed" | "rate_limited" | "server_busy") => Reply::Retry,
-                _ => Reply::Refused(frame.to_string()),
-            },
-            _ => Reply::Refused(frame.to_string()),
+        let Some(ws) = self.socket.as_mut() else {
+            return Outcome::Ended;
         };
+        self.command += 1;
+        let command = self.command;
+        let publish = json!({
+            "command": "publish", "channel": message.channel, "author": message.author,
+            "text": message.text, "message_id": message.id, "id": command,
+        });
+        if send(ws, &publish).await.is_err() {
+            self.socket = None;
+            return Outcome::Retry(Duration::from_millis(100));
+        }
+        // The server answers `publish_failed` after 10 s without Kafka's acknowledgement.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(frame) = next_frame(ws, left).await else {
+                // The connection ended or stayed silent: reconnect and try again.
+                self.socket = None;
+                return Outcome::Retry(Duration::from_millis(100));
+            };
+            if frame["reply_to"].as_u64() != Some(command) {
+                continue;
+            }
+            return match (frame["type"].as_str(), frame["code"].as_str()) {
+                (Some("published"), _) => {
+                    check_id(workload, message, frame["id"].as_str());
+                    Outcome::Acknowledged
+                }
+                (Some("error"), Some("publish_failed" | "rate_limited" | "server_busy")) => {
+                    Outcome::Retry(Duration::from_millis(200))
+                }
+                _ => Outcome::Refused(frame.to_string()),
+            };
+        }
     }
 }
 
 /// Publishes over REST (`POST` with an `Idempotency-Key`) until the workload winds down.
 pub async fn rest(workload: Workload, n: usize, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let name = format!("rest-{n}");
-    let history = workload.history.clone();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
         .expect("HTTP client");
-    let mut index = 0u64;
-    while !workload.winding_down.is_cancelled() {
-        let message = next_message(&workload, Via::Rest, &name, index, &mut rng);
-        let mut first = true;
-        loop {
-            if !std::mem::take(&mut first) {
-                history.retried(message.id);
+    drive(workload, Rest { http }, n, seed).await;
+}
+
+struct Rest {
+    http: reqwest::Client,
+}
+
+impl Way for Rest {
+    const VIA: Via = Via::Rest;
+    const NAME: &'static str = "rest";
+
+    async fn attempt(
+        &mut self,
+        workload: &Workload,
+        message: &Publish,
+        rng: &mut StdRng,
+    ) -> Outcome {
+        let server = workload.random_server(rng);
+        let response = self
+            .http
+            .post(format!(
+                "http://{server}{}",
+                messages_path(&message.channel)
+            ))
+            .header("Idempotency-Key", message.id.to_string())
+            .json(&json!({"author": message.author, "text": message.text}))
+            .send()
+            .await;
+        let Ok(response) = response else {
+            return Outcome::Retry(Duration::from_millis(100));
+        };
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        match status {
+            202 => {
+                check_id(workload, message, body["id"].as_str());
+                Outcome::Acknowledged
             }
-            if workload.end.is_cancelled() {
-                return;
-            }
-            let server = workload.random_server(&mut rng);
-            let response = http
-                .post(format!(
-                    "http://{server}{}",
-                    messages_path(&message.channel)
-                ))
-                .header("Idempotency-Key", message.id.to_string())
-                .json(&json!({"author": message.author, "text": message.text}))
-                .send()
-                .await;
-            let Ok(response) = response else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let status = response.status().as_u16();
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            match status {
-                202 => {
-                    if body["id"].as_str() != Some(message.id.to_string().as_str()) {
-                        history.violation(
-                            "acknowledged_with_other_id",
-                            format!("{name}: 202 {body}, sent {}", message.id),
-                        );
-                    }
-                    history.acknowledged(message.id);
-                    break;
-                }
-                429 | 503 => tokio::time::sleep(Duration::from_millis(200)).await,
-                _ => {
-                    history.violation("publish_refused", format!("{name}: {status} {body}"));
-                    break;
-                }
-            }
+            429 | 503 => Outcome::Retry(Duration::from_millis(200)),
+            _ => Outcome::Refused(format!("{status} {body}")),
         }
-        index += 1;
-        tokio::time::sleep(workload.pause(&mut rng)).await;
     }
 }
 
@@ -199,9 +243,6 @@ pub async fn rest(workload: Workload, n: usize, seed: u64) {
 /// Every `malformed_every`-th record is malformed on purpose, in turn: not JSON, an invalid
 /// channel, a NUL in the text, an empty author. Those must be dead-lettered, never stored.
 pub async fn kafka(workload: Workload, n: usize, seed: u64, topic: String, malformed_every: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let name = format!("kafka-{n}");
-    let history = workload.history.clone();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &workload.kafka_brokers)
         .set("acks", "all")
@@ -210,14 +251,31 @@ pub async fn kafka(workload: Workload, n: usize, seed: u64, topic: String, malfo
         .set("message.timeout.ms", "15000")
         .create()
         .expect("Kafka producer");
-    let mut index = 0u64;
-    while !workload.winding_down.is_cancelled() {
-        let mut message = next_message(&workload, Via::Kafka, &name, index, &mut rng);
-        let malformed = (index + 1).is_multiple_of(malformed_every);
-        let (key, value) = if malformed {
-            message.malformed = true;
-            workload.history.tried(message.clone());
-            malformed_record(&message, index / malformed_every)
+    let way = Kafka {
+        producer,
+        topic,
+        malformed_every,
+        record: (String::new(), Vec::new()),
+    };
+    drive(workload, way, n, seed).await;
+}
+
+struct Kafka {
+    producer: FutureProducer,
+    topic: String,
+    malformed_every: u64,
+    /// Key and value of the message in hand.
+    record: (String, Vec<u8>),
+}
+
+impl Way for Kafka {
+    const VIA: Via = Via::Kafka;
+    const NAME: &'static str = "kafka";
+
+    fn prepare(&mut self, message: &mut Publish) {
+        message.malformed = (message.index + 1).is_multiple_of(self.malformed_every);
+        self.record = if message.malformed {
+            malformed_record(message, message.index / self.malformed_every)
         } else {
             let value = json!({
                 "id": message.id, "channel": message.channel,
@@ -225,36 +283,26 @@ pub async fn kafka(workload: Workload, n: usize, seed: u64, topic: String, malfo
             });
             (message.channel.clone(), value.to_string().into_bytes())
         };
-        let mut first = true;
-        loop {
-            if !std::mem::take(&mut first) {
-                history.retried(message.id);
-            }
-            if workload.end.is_cancelled() {
-                return;
-            }
-            let id = message.id.to_string();
-            let mut headers = OwnedHeaders::new();
-            if malformed {
-                headers = headers.insert(Header {
-                    key: MALFORMED_HEADER,
-                    value: Some(&id),
-                });
-            }
-            let record = FutureRecord::to(&topic)
-                .key(&key)
-                .payload(&value)
-                .headers(headers);
-            match producer.send(record, Duration::from_secs(5)).await {
-                Ok(_) => {
-                    history.acknowledged(message.id);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
+    }
+
+    async fn attempt(&mut self, _: &Workload, message: &Publish, _: &mut StdRng) -> Outcome {
+        let id = message.id.to_string();
+        let mut headers = OwnedHeaders::new();
+        if message.malformed {
+            headers = headers.insert(Header {
+                key: MALFORMED_HEADER,
+                value: Some(&id),
+            });
         }
-        index += 1;
-        tokio::time::sleep(workload.pause(&mut rng)).await;
+        let (key, value) = &self.record;
+        let record = FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(value)
+            .headers(headers);
+        match self.producer.send(record, Duration::from_secs(5)).await {
+            Ok(_) => Outcome::Acknowledged,
+            Err(_) => Outcome::Retry(Duration::from_millis(500)),
+        }
     }
 }
 
