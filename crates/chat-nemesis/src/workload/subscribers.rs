@@ -321,6 +321,10 @@ impl Client {
                             + Duration::from_millis(self.rng.random_range(300..1_000));
                         self.retries.push((at, channel));
                     }
+                    // The server had ended it already (`unsubscribed` with a reason crossed
+                    // this client's `unsubscribe`).
+                    Some(Pending::Unsubscribe(channel))
+                        if code == "not_subscribed" && !self.streams[&channel].subscribed => {}
                     _ => {
                         history.violation("unexpected_error", format!("client {}: {frame}", self.n))
                     }
