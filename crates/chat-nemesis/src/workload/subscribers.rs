@@ -59,6 +59,14 @@ enum Pending {
     Unsubscribe(String),
 }
 
+impl Pending {
+    fn channel(&self) -> &str {
+        match self {
+            Pending::Subscribe(channel) | Pending::Unsubscribe(channel) => channel,
+        }
+    }
+}
+
 struct Client {
     n: usize,
     workload: Workload,
@@ -152,10 +160,11 @@ impl Client {
                 // channel's last message.
                 wound_down = true;
                 for channel in self.streams.keys().cloned().collect::<Vec<_>>() {
-                    let stream = self.streams.get_mut(&channel).expect("stream");
-                    if stream.wanted {
+                    // One with its `unsubscribe` unanswered follows when the answer comes.
+                    if self.streams[&channel].wanted || self.busy(&channel) {
                         continue;
                     }
+                    let stream = self.streams.get_mut(&channel).expect("stream");
                     stream.owed_since = SystemTime::now();
                     if !self.subscribe(socket, &channel).await {
                         return;
@@ -191,6 +200,13 @@ impl Client {
         }
     }
 
+    /// A command for the channel is unanswered. The next one waits: a `since` sent now would
+    /// be the last seq received so far, not the one the server will have sent when it gets to
+    /// it (a connection's commands run one at a time, in order).
+    fn busy(&self, channel: &str) -> bool {
+        self.pending.values().any(|p| p.channel() == channel)
+    }
+
     fn action_pause(&mut self) -> Duration {
         Duration::from_millis(self.rng.random_range(2_000..12_000))
     }
@@ -221,6 +237,9 @@ impl Client {
     async fn act(&mut self, socket: &mut Socket) -> bool {
         let channels: Vec<String> = self.streams.keys().cloned().collect();
         let channel = channels.choose(&mut self.rng).expect("channels").clone();
+        if self.busy(&channel) {
+            return true;
+        }
         let stream = self.streams.get_mut(&channel).expect("stream");
         if stream.wanted {
             if !stream.subscribed {
@@ -304,6 +323,12 @@ impl Client {
                 }
                 if let Some(stream) = self.streams.get_mut(&channel) {
                     stream.subscribed = false;
+                    if self.workload.winding_down.is_cancelled() && !stream.wanted {
+                        // The end: subscribe again (see `serve`).
+                        stream.wanted = true;
+                        stream.owed_since = SystemTime::now();
+                        self.retries.push((Instant::now(), channel.clone()));
+                    }
                 }
                 self.tails.set(self.n, &channel, None);
             }
