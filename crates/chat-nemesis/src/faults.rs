@@ -60,6 +60,14 @@ impl Kind {
         all
     }
 
+    /// The kinds whose name contains one of `filters` (all when there is none).
+    pub fn matching(filters: &[String]) -> Vec<Kind> {
+        Kind::all()
+            .into_iter()
+            .filter(|k| filters.is_empty() || filters.iter().any(|f| k.name().contains(f.as_str())))
+            .collect()
+    }
+
     pub fn name(self) -> String {
         match self {
             Kind::WorkerKill => "worker SIGKILL".to_owned(),
@@ -106,6 +114,7 @@ pub async fn run(
     history: Arc<History>,
     seed: u64,
     interval: (Duration, Duration),
+    kinds: Vec<Kind>,
     stop: CancellationToken,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -120,7 +129,7 @@ pub async fn run(
             _ = tokio::time::sleep(pause) => {}
         }
         if deck.is_empty() {
-            deck = Kind::all();
+            deck = kinds.clone();
             deck.shuffle(&mut rng);
         }
         // The next kind whose targets are free; the others keep their place in the deck.

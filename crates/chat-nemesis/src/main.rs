@@ -48,6 +48,10 @@ struct Args {
     fault_min_secs: f64,
     #[arg(long, default_value_t = 8.0)]
     fault_max_secs: f64,
+    /// Only the fault kinds whose name contains one of these (e.g. `--faults "redis link drop"
+    /// --faults "ws-server"`); all kinds when absent.
+    #[arg(long = "faults")]
+    fault_filters: Vec<String>,
     /// Folder for the logs and the history of the run.
     #[arg(long)]
     state_dir: PathBuf,
@@ -205,6 +209,12 @@ async fn run(
         readers.spawn(workload::readers::run(workload.clone(), next_seed()));
     }
 
+    let kinds = faults::Kind::matching(&args.fault_filters);
+    anyhow::ensure!(
+        !kinds.is_empty(),
+        "no fault kind matches {:?}",
+        args.fault_filters
+    );
     // The nemesis, after a few calm seconds.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let stop_faults = CancellationToken::new();
@@ -216,6 +226,7 @@ async fn run(
             Duration::from_secs_f64(args.fault_min_secs),
             Duration::from_secs_f64(args.fault_max_secs),
         ),
+        kinds,
         stop_faults.clone(),
     ));
     tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;

@@ -61,7 +61,7 @@ pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Connects to one of the ws-servers, trying them in random order, with capped backoff until
 /// `end`. Each failed round counts as a connect failure.
-pub async fn connect(workload: &Workload, rng: &mut impl Rng) -> Option<Socket> {
+pub async fn connect(workload: &Workload, rng: &mut impl Rng) -> Option<(Socket, SocketAddr)> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let first = workload.random_server(rng);
@@ -73,7 +73,7 @@ pub async fn connect(workload: &Workload, rng: &mut impl Rng) -> Option<Socket> 
                 tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
             );
             if let Ok(Ok((socket, _))) = attempt.await {
-                return Some(socket);
+                return Some((socket, addr));
             }
         }
         bump(&workload.history.counters.connect_failures);

@@ -148,7 +148,7 @@ impl Way for WebSocket {
         rng: &mut StdRng,
     ) -> Outcome {
         if self.socket.is_none() {
-            self.socket = connect(workload, rng).await;
+            self.socket = connect(workload, rng).await.map(|(socket, _)| socket);
         }
         let Some(ws) = self.socket.as_mut() else {
             return Outcome::Ended;

@@ -10,7 +10,8 @@
 //! The checker then compares every (channel, seq) given with PostgreSQL, and waits for every
 //! open stream to reach its channel's last seq.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -52,6 +53,24 @@ struct Stream {
     /// Since when messages are owed: the (re)subscribe the client chose to make. A reconnect
     /// after a fault does not move it, so outages count in the wait.
     owed_since: SystemTime,
+    /// The stream's last events (commands, replies, messages), printed with a violation.
+    events: VecDeque<String>,
+}
+
+/// Events kept per stream for a violation's detail.
+const EVENTS_KEPT: usize = 24;
+
+impl Stream {
+    fn note(&mut self, at: f64, event: String) {
+        if self.events.len() == EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back(format!("[{at:.3}] {event}"));
+    }
+
+    fn story(&self) -> String {
+        self.events.iter().cloned().collect::<Vec<_>>().join("; ")
+    }
 }
 
 enum Pending {
@@ -77,6 +96,8 @@ struct Client {
     /// Subscribes to send again after a refusal such as `history_unavailable`.
     retries: Vec<(Instant, String)>,
     rng: StdRng,
+    /// The ws-server of the current connection.
+    server: Option<SocketAddr>,
 }
 
 pub async fn run(
@@ -95,6 +116,7 @@ pub async fn run(
                 subscribed: false,
                 last: None,
                 owed_since: now,
+                events: VecDeque::new(),
             };
             (channel, stream)
         })
@@ -108,6 +130,7 @@ pub async fn run(
         command: 0,
         retries: Vec::new(),
         rng: StdRng::seed_from_u64(seed),
+        server: None,
     };
     client.run().await;
 }
@@ -116,9 +139,14 @@ impl Client {
     async fn run(&mut self) {
         let mut connected_before = false;
         loop {
-            let Some(mut socket) = connect(&self.workload, &mut self.rng).await else {
+            let Some((mut socket, server)) = connect(&self.workload, &mut self.rng).await else {
                 return;
             };
+            self.server = Some(server);
+            let at = self.workload.history.now_secs();
+            for stream in self.streams.values_mut() {
+                stream.note(at, format!("connected to {server}"));
+            }
             if std::mem::replace(&mut connected_before, true) {
                 bump(&self.workload.history.counters.reconnects);
             }
@@ -227,6 +255,8 @@ impl Client {
                 json!({"command": "subscribe", "channel": channel, "limit": limit, "id": self.command})
             }
         };
+        let at = self.workload.history.now_secs();
+        stream.note(at, format!("sent {command}"));
         self.pending
             .insert(self.command, Pending::Subscribe(channel.to_owned()));
         send(socket, &command).await.is_ok()
@@ -272,8 +302,21 @@ impl Client {
                     return;
                 };
                 let resumed_from = self.streams[&channel].last;
-                self.streams.get_mut(&channel).expect("stream").subscribed = true;
                 let messages = frame["messages"].as_array().cloned().unwrap_or_default();
+                let at = history.now_secs();
+                let stream = self.streams.get_mut(&channel).expect("stream");
+                stream.subscribed = true;
+                stream.note(
+                    at,
+                    format!(
+                        "subscribed from {:?}: {} messages {:?}..{:?}, last_seq {}",
+                        self.server,
+                        messages.len(),
+                        messages.first().and_then(|m| m["seq"].as_i64()),
+                        messages.last().and_then(|m| m["seq"].as_i64()),
+                        frame["last_seq"]
+                    ),
+                );
                 for message in &messages {
                     self.on_message(&channel, message);
                 }
@@ -306,6 +349,9 @@ impl Client {
             }
             Some("unsubscribed") => {
                 let channel = frame["channel"].as_str().unwrap_or_default().to_owned();
+                if let Some(stream) = self.streams.get_mut(&channel) {
+                    stream.note(history.now_secs(), frame.to_string());
+                }
                 match (&pending, frame["reason"].as_str()) {
                     (Some(Pending::Unsubscribe(asked)), None) if *asked == channel => {}
                     // The server ended it: PostgreSQL failed while the rest of the history was
@@ -366,18 +412,26 @@ impl Client {
             return;
         };
         let n = self.n;
+        let server = self.server;
         let stream = self.streams.get_mut(channel).expect("stream");
         let seq = delivered.seq;
+        stream.note(history.now_secs(), format!("seq {seq}"));
         match stream.last {
             Some(last) if seq == last + 1 => {}
             None => {}
             Some(last) if seq > last + 1 => history.violation(
                 "gap",
-                format!("client {n}: {channel} jumped from seq {last} to {seq}"),
+                format!(
+                    "client {n}: {channel} jumped from seq {last} to {seq} on {server:?}; its last events: {}",
+                    stream.story()
+                ),
             ),
             Some(last) => history.violation(
                 "repeat_or_reorder",
-                format!("client {n}: {channel} seq {seq} after {last}"),
+                format!(
+                    "client {n}: {channel} seq {seq} after {last} on {server:?}; its last events: {}",
+                    stream.story()
+                ),
             ),
         }
         stream.last = Some(stream.last.map_or(seq, |last| last.max(seq)));
