@@ -35,6 +35,7 @@ COPY crates/chat-core/Cargo.toml crates/chat-core/
 COPY crates/chat-service/Cargo.toml crates/chat-service/
 COPY crates/chat-testkit/Cargo.toml crates/chat-testkit/
 COPY crates/chat-bench/Cargo.toml crates/chat-bench/
+COPY crates/chat-nemesis/Cargo.toml crates/chat-nemesis/
 COPY services/worker/Cargo.toml services/worker/
 COPY services/ws-server/Cargo.toml services/ws-server/
 RUN set -eu; \
@@ -43,6 +44,7 @@ RUN set -eu; \
     done; \
     for d in services/worker services/ws-server; do echo 'fn main() {}' > "$d/src/main.rs"; done; \
     mkdir -p crates/chat-bench/src/bin && echo 'fn main() {}' > crates/chat-bench/src/bin/ingest.rs; \
+    mkdir -p crates/chat-nemesis/src && echo 'fn main() {}' > crates/chat-nemesis/src/main.rs; \
     cargo build --release --locked -p chat-worker -p chat-ws-server; \
     rm -rf crates services
 
