@@ -213,7 +213,7 @@ impl Cluster {
             ),
         ];
         let port = |offset: u16| SocketAddr::from(([127, 0, 0, 1], layout.port_base + offset));
-        let workers = (0..3)
+        let workers: Vec<Mutex<Proc>> = (0..3)
             .map(|i| {
                 let mut env = proxied.clone();
                 env.extend(
@@ -235,7 +235,7 @@ impl Cluster {
             .collect();
         let ws_addrs = vec![port(11), port(12)];
         let ws_internal = vec![port(21), port(22)];
-        let ws_servers = (0..2)
+        let ws_servers: Vec<Mutex<Proc>> = (0..2)
             .map(|i| {
                 let mut env = proxied.clone();
                 env.extend(
@@ -264,8 +264,6 @@ impl Cluster {
                 ))
             })
             .collect();
-        let workers: Vec<Mutex<Proc>> = workers;
-        let ws_servers: Vec<Mutex<Proc>> = ws_servers;
         let mut pids = Vec::new();
         for proc in workers.iter().chain(&ws_servers) {
             pids.push(proc.lock().await.pid.clone());
