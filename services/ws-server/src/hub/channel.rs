@@ -137,7 +137,7 @@ impl Channel {
         let Some(subscriber) = self.subscribers.get_mut(&id) else {
             return (GoLive::Closed, Tally::default());
         };
-        match subscriber.go_live(cursor) {
+        match subscriber.go_live(cursor, self.sequence.last()) {
             Handoff::AlreadyLive => (GoLive::Live, Tally::default()),
             Handoff::CatchUp => (GoLive::CatchUp, Tally::default()),
             Handoff::Slow { sent } => {

@@ -152,8 +152,9 @@ impl Subscriber {
     }
 
     /// Hands the buffered messages above `cursor` (the last seq its session sent from history)
-    /// to the session and makes the subscriber live.
-    pub fn go_live(&mut self, cursor: i64) -> Handoff {
+    /// to the session and makes the subscriber live. `last` is the channel's last delivered seq:
+    /// the subscriber must reach it, since nothing at or below it is offered again.
+    pub fn go_live(&mut self, cursor: i64, last: Option<i64>) -> Handoff {
         let State::Buffering {
             buffer,
             bytes,
@@ -170,7 +171,11 @@ impl Subscriber {
         }
         buffer.retain(|d| d.seq > cursor);
         *bytes = buffer.iter().map(|d| d.frame.len()).sum();
-        if buffer.first().is_some_and(|d| d.seq > cursor + 1) {
+        // A hole between the history and the buffer; or, with nothing buffered, a last seq the
+        // channel took from another session's newer read (or a REST page) while this session's
+        // read ended below it: the messages in between count as delivered and would not come.
+        let through = buffer.last().map_or(cursor, |d| d.seq);
+        if buffer.first().is_some_and(|d| d.seq > cursor + 1) || last.is_some_and(|l| l > through) {
             return Handoff::CatchUp;
         }
         let mut sent = cursor;

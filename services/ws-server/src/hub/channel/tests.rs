@@ -99,6 +99,40 @@ fn a_hole_between_history_and_buffer_means_catch_up() {
     assert_eq!(queued(&mut queue), [5]);
 }
 
+/// A new channel state knows no last seq until a live message arrives or a subscriber goes
+/// live. Sessions read PostgreSQL at different moments: the first to go live sets the last seq
+/// from its own (newer) read, and a message between the two reads, still on its way from Redis,
+/// arrives as a duplicate. A subscriber whose older read ended below that last seq must catch up,
+/// or it never gets that message.
+#[test]
+fn going_live_below_the_last_seq_another_read_set_means_catch_up() {
+    let mut channel = confirmed(10);
+    let (mut older, _) = join(&mut channel, 1, 10);
+    let (mut newer, _) = join(&mut channel, 2, 10);
+    // Subscriber 1 read up to 100; 101 was stored; subscriber 2 read up to 101.
+    assert_eq!(channel.go_live(2, 101, &[]).0, GoLive::Live);
+    assert_eq!(channel.go_live(1, 100, &[]).0, GoLive::CatchUp);
+    // 101 arrives live: already delivered as far as the channel knows.
+    assert_eq!(channel.receive(delivery(101)).0, Received::Duplicate);
+    // The catch-up read PostgreSQL again and sent 101.
+    assert_eq!(channel.go_live(1, 101, &[]).0, GoLive::Live);
+    receive(&mut channel, 102..=102);
+    assert_eq!(queued(&mut older), [102]);
+    assert_eq!(queued(&mut newer), [102]);
+}
+
+/// The same with the last seq set by a REST read's page.
+#[test]
+fn going_live_below_a_seeded_last_seq_means_catch_up() {
+    let mut channel = confirmed(10);
+    let (mut queue, _) = join(&mut channel, 1, 10);
+    channel.seed(1, &page(1..=5));
+    assert_eq!(channel.go_live(1, 3, &[]).0, GoLive::CatchUp);
+    assert_eq!(channel.go_live(1, 5, &[]).0, GoLive::Live);
+    receive(&mut channel, 4..=6);
+    assert_eq!(queued(&mut queue), [6]);
+}
+
 #[test]
 fn an_overflowing_buffer_means_catch_up() {
     let mut channel = Channel::new(1, room_for(2), 10);
