@@ -47,6 +47,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 /// How long a subscribe waits for the Redis SUBSCRIBE confirmation.
 const HUB_WAIT: Duration = Duration::from_secs(5);
+/// Catch-up reads in a row that find nothing new before a subscribe gives up (at least 0.5 s).
+const MAX_STUCK_CATCH_UPS: u32 = 100;
 
 /// What every session needs; one per application.
 pub struct SessionContext {
@@ -444,6 +446,7 @@ impl Session {
         if more {
             cursor = self.catch_up(channel, cursor).await?;
         }
+        let mut stuck = 0;
         loop {
             let outcome = self.ctx.hub.go_live(subscription, cursor, &history);
             history = Vec::new();
@@ -453,9 +456,22 @@ impl Session {
                 GoLive::CatchUp => {
                     let before = cursor;
                     cursor = self.catch_up(channel, cursor).await?;
-                    if cursor == before {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    if cursor != before {
+                        stuck = 0;
+                        continue;
                     }
+                    // The hub is ahead of the stored log and the log does not grow: it was
+                    // restored from an older backup, or something else published on the Redis
+                    // prefix. Give up instead of reading PostgreSQL forever.
+                    stuck += 1;
+                    if stuck == MAX_STUCK_CATCH_UPS {
+                        tracing::error!(%channel, log.last_seq = cursor, "the live stream is ahead of the stored log");
+                        return Err(ProtocolError::new(
+                            ErrorCode::HistoryUnavailable,
+                            "the stored history is behind the live stream; retry later",
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
         }

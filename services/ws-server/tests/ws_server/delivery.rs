@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use chat_core::channel::ChannelName;
 use chat_core::envelope::{redis_channel, Envelope};
-use chat_core::message::{MessageId, NewMessage};
+use chat_core::message::{MessageId, NewMessage, StoredMessage};
 use chat_testkit::chaos::{url_addr, url_via, ChaosProxy};
 use futures::StreamExt;
 use rand::Rng;
@@ -184,18 +184,7 @@ async fn a_live_seq_jump_is_preceded_by_the_skipped_message_read_from_postgresql
     let outcomes = stack.iso.store.insert_batch(&batch).await.unwrap();
     let third = outcomes[1].message().clone();
     assert_eq!(third.seq, 3);
-    let mut redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let envelope = Envelope::new(third, None);
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(redis_channel(&stack.iso.redis_prefix, &channel))
-        .arg(envelope.encode())
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    publish_on_redis(&stack, third).await;
 
     let repaired = receive_until(&mut client, "gap", 3).await;
     assert_eq!(seqs(&json!(repaired)), vec![2, 3]);
@@ -206,6 +195,57 @@ async fn a_live_seq_jump_is_preceded_by_the_skipped_message_read_from_postgresql
     stack.produce("gap", "a", "four").await;
     let next = receive_until(&mut client, "gap", 4).await;
     assert_eq!(seqs(&json!(next)), vec![4]);
+    stack.finish().await;
+}
+
+/// Publishes `message` on the channel's Redis channel, as the worker would, bypassing it.
+async fn publish_on_redis(stack: &Stack, message: StoredMessage) {
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let name = redis_channel(&stack.iso.redis_prefix, &message.channel);
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(name)
+        .arg(Envelope::new(message, None).encode())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+/// A subscriber never goes live below the seq the hub delivered last; it reads PostgreSQL until
+/// it gets there. When the log cannot get there (here a message was published on Redis and
+/// never stored; in production, a database restored from an older backup), the subscribe ends
+/// with a reason after a bounded number of reads instead of reading forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_below_a_live_stream_ahead_of_the_log_ends_with_a_reason() {
+    let stack = Stack::start().await;
+    let mut first = stack.connect().await;
+    first
+        .subscribe(json!({"command": "subscribe", "channel": "ahead"}))
+        .await;
+    let unstored = StoredMessage {
+        channel: ChannelName::parse("ahead").unwrap(),
+        seq: 1,
+        id: MessageId::new_random(),
+        author: "nobody".into(),
+        text: "never stored".into(),
+        sent_at: chrono::Utc::now(),
+        stored_at: chrono::Utc::now(),
+        user_id: None,
+    };
+    publish_on_redis(&stack, unstored).await;
+    assert_eq!(receive_until(&mut first, "ahead", 1).await.len(), 1);
+
+    let mut second = stack.connect().await;
+    let subscribed = second
+        .subscribe(json!({"command": "subscribe", "channel": "ahead", "since": 0}))
+        .await;
+    assert_eq!(subscribed["last_seq"], 0);
+    let ended = second.recv().await;
+    assert_eq!(ended["type"], "unsubscribed", "{ended}");
+    assert_eq!(ended["reason"], "history_unavailable");
     stack.finish().await;
 }
 
