@@ -159,8 +159,12 @@ pub async fn run(
     }
 }
 
-/// One lane: waits for a first record, collects more until `max_records` or `linger`, processes
-/// the batch, stores its offsets. Returns once `cancel` fires (after the batch in hand).
+/// One lane: waits for a first record, then processes it with whatever is queued behind it
+/// ([`collect`]), stores the batch's offsets, and starts again. Returns once `cancel` fires
+/// (after the batch in hand).
+///
+/// Batching is adaptive: an idle lane sends a lone record at once, and records that arrive while
+/// a batch is in flight queue up and form the next one, so batches grow only under load.
 async fn lane(
     mut records: mpsc::Receiver<Record>,
     consumer: Arc<WorkerConsumer>,
@@ -180,15 +184,7 @@ async fn lane(
         };
         let mut batch = Vec::with_capacity(max_records);
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < max_records {
-            // `recv_many` takes everything queued at once and waits only when the queue is empty.
-            let room = max_records - batch.len();
-            match tokio::time::timeout_at(deadline, records.recv_many(&mut batch, room)).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        collect(&mut records, &mut batch, max_records, linger).await;
         if pipeline.process(&batch, &cancel).await.is_err() {
             tracing::info!(
                 batch.records = batch.len(),
@@ -197,6 +193,35 @@ async fn lane(
             return;
         }
         store_offsets(&consumer, &batch);
+    }
+}
+
+/// Adds the queued records to `batch`, up to `max_records`, without waiting for records that are
+/// not there: while a burst is still arriving (each pass finds more) it goes on collecting, for
+/// at most `linger`; the first pass that finds nothing ends the batch.
+async fn collect(
+    records: &mut mpsc::Receiver<Record>,
+    batch: &mut Vec<Record>,
+    max_records: usize,
+    linger: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + linger;
+    loop {
+        let before = batch.len();
+        while batch.len() < max_records {
+            match records.try_recv() {
+                Ok(record) => batch.push(record),
+                Err(_) => break,
+            }
+        }
+        if batch.len() == before
+            || batch.len() >= max_records
+            || tokio::time::Instant::now() >= deadline
+        {
+            return;
+        }
+        // Let the consumer task queue the rest of the fetch it is handing out.
+        tokio::task::yield_now().await;
     }
 }
 

@@ -75,7 +75,9 @@ pub struct Settings {
     /// always goes to the same lane, so its records stay in order.
     #[arg(long, env = "PIPELINE_LANES", default_value_t = 4)]
     pub pipeline_lanes: usize,
-    /// How long to wait for more records once a batch has its first one, in milliseconds.
+    /// Longest time a lane goes on collecting a batch while records keep arriving, in
+    /// milliseconds. An upper bound, not a wait: a lane sends what is queued as soon as nothing
+    /// more is arriving (a lone record at once), and batches grow only under load.
     #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 5)]
     pub batch_linger_ms: u64,
     /// Longest pause between retries while a dependency is down, in milliseconds.
