@@ -244,3 +244,48 @@ fn store_offsets(consumer: &WorkerConsumer, batch: &[Record]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: i64) -> Record {
+        Record {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+
+    /// What `collect` adds to a batch whose first record is 0, with `queued` records behind it.
+    async fn batch_of(queued: i64, max_records: usize, linger: Duration) -> Vec<i64> {
+        let (sender, mut receiver) = mpsc::channel(64);
+        for offset in 1..=queued {
+            sender.send(record(offset)).await.unwrap();
+        }
+        let mut batch = vec![record(0)];
+        let collected = collect(&mut receiver, &mut batch, max_records, linger);
+        // Far below the linger: `collect` must not wait for records that are not coming.
+        tokio::time::timeout(Duration::from_secs(10), collected)
+            .await
+            .expect("collect waited for records that were not there");
+        batch.iter().map(|r| r.offset).collect()
+    }
+
+    #[tokio::test]
+    async fn an_idle_lane_sends_a_lone_record_at_once() {
+        assert_eq!(batch_of(0, 100, Duration::from_secs(3600)).await, [0]);
+    }
+
+    #[tokio::test]
+    async fn records_queued_behind_the_first_join_its_batch_up_to_the_max() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(batch_of(5, 100, hour).await, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(batch_of(9, 4, hour).await, [0, 1, 2, 3]);
+        assert_eq!(batch_of(3, 100, Duration::ZERO).await, [0, 1, 2, 3]);
+    }
+}
