@@ -1,13 +1,16 @@
 //! The PostgreSQL log.
 //!
 //! [`Store::insert_batch`] is the only write path. In one transaction it
-//! 1. creates missing `channels` rows and locks every channel of the batch (`for update`, in name
-//!    order so two workers never deadlock),
-//! 2. inserts the new messages with the next contiguous seqs (one multi-row `unnest` insert),
-//!    optimistically assuming no id is already stored: the unique `id` index is the check;
-//! 3. only when that index refuses an id, undoes the insert to a savepoint, looks the batch's ids
-//!    up and inserts again without them, so redelivered records keep their stored row and seq;
-//! 4. advances `channels.last_seq`.
+//! 1. locks every channel of the batch (`for update`, in name order so two workers never
+//!    deadlock), creating the missing `channels` rows first;
+//! 2. in one statement, inserts the new messages with the next contiguous seqs (a multi-row
+//!    `unnest` insert) and advances `channels.last_seq`, optimistically assuming no id is already
+//!    stored: the unique `id` index is the check;
+//! 3. only when that index refuses an id, rolls back and does it again in a new transaction that
+//!    looks the batch's ids up first and inserts without them, so redelivered records keep their
+//!    stored row and seq.
+//!
+//! The common case is four round trips: begin, lock, insert-and-advance, commit.
 //!
 //! When PostgreSQL refuses a batch, [`Refusal::of`] tells a refusal of the content (retrying
 //! cannot help: find the record and dead-letter it) from everything else (retry).
@@ -143,47 +146,29 @@ impl Store {
             return Ok(Vec::new());
         }
         let stored_at = db_time(Utc::now());
-        let mut tx = self.pool.begin().await?;
-
         let mut channel_names: Vec<&str> = batch.iter().map(|m| m.channel.as_str()).collect();
         channel_names.sort_unstable();
         channel_names.dedup();
-        sqlx::query(
-            "insert into channels (name) select name from unnest($1::text[]) as u(name) \
-             order by name on conflict (name) do nothing",
-        )
-        .bind(&channel_names)
-        .execute(&mut *tx)
-        .await?;
-        let locked: Vec<(String, i64)> = sqlx::query_as(
-            "select name, last_seq from channels where name = any($1::text[]) order by name for update",
-        )
-        .bind(&channel_names)
-        .fetch_all(&mut *tx)
-        .await?;
-        let last_seq: HashMap<String, i64> = locked.into_iter().collect();
 
-        // Optimistic path: assume no duplicates (the common case) and insert straight away; the
-        // unique index on `id` is the check. A violation undoes the insert to the savepoint and
-        // takes the exact path, which looks the ids up first so duplicates keep their stored seq.
-        sqlx::query("savepoint optimistic")
-            .execute(&mut *tx)
-            .await?;
+        // Optimistic path: assume no id of the batch is stored yet (the common case) and insert
+        // straight away; the unique index on `id` is the check. Four round trips: begin, lock,
+        // insert and advance in one statement, commit.
+        let mut tx = self.pool.begin().await?;
+        let last_seq = lock_channels(&mut tx, &channel_names).await?;
         let plan = Plan::new(batch, &last_seq, &HashMap::new(), stored_at);
-        match plan.insert(&mut tx).await {
-            Ok(_) => {
-                plan.advance_channels(&mut tx).await?;
+        match plan.write(&mut tx).await {
+            Ok(()) => {
                 tx.commit().await?;
                 return Ok(plan.outcomes);
             }
-            Err(err) if is_duplicate_id(&err) => {
-                sqlx::query("rollback to savepoint optimistic")
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            Err(err) if is_duplicate_id(&err) => tx.rollback().await?,
             Err(err) => return Err(err),
         }
 
+        // Exact path (a redelivery): look the batch's ids up first, so duplicates keep their
+        // stored row and seq.
+        let mut tx = self.pool.begin().await?;
+        let last_seq = lock_channels(&mut tx, &channel_names).await?;
         let ids: Vec<Uuid> = batch.iter().map(|m| m.id.0).collect();
         let existing: Vec<StoredMessage> = sqlx::query_as(&format!(
             "select {COLUMNS} from messages where id = any($1::uuid[])"
@@ -194,8 +179,7 @@ impl Store {
         let known: HashMap<MessageId, StoredMessage> =
             existing.into_iter().map(|m| (m.id, m)).collect();
         let plan = Plan::new(batch, &last_seq, &known, stored_at);
-        plan.insert(&mut tx).await?;
-        plan.advance_channels(&mut tx).await?;
+        plan.write(&mut tx).await?;
         tx.commit().await?;
         Ok(plan.outcomes)
     }
@@ -267,6 +251,30 @@ impl Store {
     }
 }
 
+/// Locks the channels `names` (sorted) with `for update`, in name order so two writers never
+/// deadlock, and returns their `last_seq`. Channels not seen before are created first: one
+/// statement when every channel exists (the common case), three otherwise.
+async fn lock_channels(
+    tx: &mut sqlx::PgConnection,
+    names: &[&str],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    const LOCK: &str =
+        "select name, last_seq from channels where name = any($1::text[]) order by name for update";
+    let locked: Vec<(String, i64)> = sqlx::query_as(LOCK).bind(names).fetch_all(&mut *tx).await?;
+    if locked.len() == names.len() {
+        return Ok(locked.into_iter().collect());
+    }
+    sqlx::query(
+        "insert into channels (name) select name from unnest($1::text[]) as u(name) \
+         order by name on conflict (name) do nothing",
+    )
+    .bind(names)
+    .execute(&mut *tx)
+    .await?;
+    let locked: Vec<(String, i64)> = sqlx::query_as(LOCK).bind(names).fetch_all(&mut *tx).await?;
+    Ok(locked.into_iter().collect())
+}
+
 /// A unique violation of `messages.id`: the batch holds an id that is already stored.
 fn is_duplicate_id(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.constraint() == Some("messages_id_key"))
@@ -327,16 +335,24 @@ impl Plan {
         }
     }
 
-    /// Inserts the planned rows; fails on an id that already exists.
-    async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<u64, sqlx::Error> {
+    /// Inserts the planned rows and advances the channels' `last_seq`, in one statement; fails
+    /// on an id that already exists (and then changes nothing).
+    async fn write(&self, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
         if self.inserts == 0 {
-            return Ok(0);
+            return Ok(());
         }
         let rows = Rows::of(&self.outcomes);
-        let done = sqlx::query(
-            "insert into messages (channel, seq, id, author, text, sent_at, stored_at, user_id) \
-             select c, s, i, a, t, sa, $7, ui from unnest($1::text[], $2::int8[], $3::uuid[], \
-             $4::text[], $5::text[], $6::timestamptz[], $8::text[]) as u(c, s, i, a, t, sa, ui)",
+        let (names, seqs): (Vec<&str>, Vec<i64>) =
+            self.last_seq.iter().map(|(n, s)| (n.as_str(), *s)).unzip();
+        sqlx::query(
+            "with inserted as ( \
+               insert into messages (channel, seq, id, author, text, sent_at, stored_at, user_id) \
+               select c, s, i, a, t, sa, $7, ui from unnest($1::text[], $2::int8[], $3::uuid[], \
+               $4::text[], $5::text[], $6::timestamptz[], $8::text[]) as u(c, s, i, a, t, sa, ui) \
+             ) \
+             update channels set last_seq = u.last_seq \
+             from unnest($9::text[], $10::int8[]) as u(name, last_seq) \
+             where channels.name = u.name and channels.last_seq <> u.last_seq",
         )
         .bind(&rows.channel)
         .bind(&rows.seq)
@@ -346,22 +362,6 @@ impl Plan {
         .bind(&rows.sent_at)
         .bind(self.stored_at)
         .bind(&rows.user_id)
-        .execute(tx)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn advance_channels(&self, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-        if self.inserts == 0 {
-            return Ok(());
-        }
-        let (names, seqs): (Vec<&str>, Vec<i64>) =
-            self.last_seq.iter().map(|(n, s)| (n.as_str(), *s)).unzip();
-        sqlx::query(
-            "update channels set last_seq = u.last_seq \
-             from unnest($1::text[], $2::int8[]) as u(name, last_seq) \
-             where channels.name = u.name and channels.last_seq <> u.last_seq",
-        )
         .bind(&names)
         .bind(&seqs)
         .execute(tx)

@@ -158,8 +158,10 @@ async fn main() -> anyhow::Result<()> {
         let mut acked = Latencies::new();
         let mut count = 0;
         while count < total {
-            let Some(Ok(Message::Text(text))) = stream.next().await else {
-                break;
+            let text = match stream.next().await {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(_)) => continue, // pings
+                _ => break,
             };
             let frame: Value = serde_json::from_str(&text).unwrap_or_default();
             match (frame["type"].as_str(), frame["reply_to"].as_u64()) {

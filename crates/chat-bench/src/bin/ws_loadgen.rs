@@ -291,8 +291,18 @@ struct Steps {
 }
 
 struct StepStats {
+    /// Intended send time → received.
     histogram: Histogram<u64>,
+    /// The message's `stored_at` → received: the part of the latency after the store.
+    after_store: Histogram<u64>,
     last_receive_nanos: u64,
+}
+
+/// The `stored_at` of a message frame, in Unix nanoseconds.
+fn stored_at_nanos(text: &str) -> Option<u64> {
+    let rest = &text[text.find("\"stored_at\":\"")? + 13..];
+    let stamp = chrono::DateTime::parse_from_rfc3339(&rest[..rest.find('"')?]).ok()?;
+    u64::try_from(stamp.timestamp_nanos_opt()?).ok()
 }
 
 /// Finds `lg:<step>:<nanos>:` in a message frame.
@@ -367,9 +377,14 @@ async fn clients(args: ClientsArgs) -> anyhow::Result<()> {
                     let mut steps = steps.lock().unwrap();
                     let stats = steps.by_step.entry(step).or_insert_with(|| StepStats {
                         histogram: new_histogram(),
+                        after_store: new_histogram(),
                         last_receive_nanos: 0,
                     });
                     stats.histogram.saturating_record(micros);
+                    if let Some(stored) = stored_at_nanos(text) {
+                        let after = (now.saturating_sub(stored) / 1000).max(1);
+                        stats.after_store.saturating_record(after);
+                    }
                     stats.last_receive_nanos = stats.last_receive_nanos.max(now);
                 }
             }
@@ -402,18 +417,15 @@ async fn clients(args: ClientsArgs) -> anyhow::Result<()> {
             (Some("report"), Some(step)) => {
                 let step: u32 = step.parse()?;
                 let stats = steps.lock().unwrap().by_step.remove(&step);
-                let (histogram, last) = match stats {
-                    Some(s) => (s.histogram, s.last_receive_nanos),
-                    None => (new_histogram(), 0),
+                let (histogram, after_store, last) = match stats {
+                    Some(s) => (s.histogram, s.after_store, s.last_receive_nanos),
+                    None => (new_histogram(), new_histogram(), 0),
                 };
-                let mut bytes = Vec::new();
-                V2Serializer::new()
-                    .serialize(&histogram, &mut bytes)
-                    .map_err(|e| anyhow::anyhow!("serialize histogram: {e:?}"))?;
                 let line = format!(
-                    "REPORT {step} {last} {} {}\n",
+                    "REPORT {step} {last} {} {} {}\n",
                     closed.load(Ordering::Relaxed),
-                    hex(&bytes)
+                    serialized(&histogram)?,
+                    serialized(&after_store)?,
                 );
                 out.write_all(line.as_bytes()).await?;
                 out.flush().await?;
@@ -423,6 +435,22 @@ async fn clients(args: ClientsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A histogram as hex (V2 serialization), for a report line.
+fn serialized(histogram: &Histogram<u64>) -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    V2Serializer::new()
+        .serialize(histogram, &mut bytes)
+        .map_err(|e| anyhow::anyhow!("serialize histogram: {e:?}"))?;
+    Ok(hex(&bytes))
+}
+
+fn deserialized(hex: &str) -> anyhow::Result<Histogram<u64>> {
+    let bytes = unhex(hex)?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("deserialize histogram: {e:?}"))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -497,30 +525,28 @@ impl Fleet {
         Ok(fleet)
     }
 
-    /// Merged histogram, latest receive time and closed connections of one step.
-    fn report(&mut self, step: u32) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+    /// Merged histograms (end to end, after the store), latest receive time and closed
+    /// connections of one step.
+    fn report(&mut self, step: u32) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, u64, u64)> {
         for child in &mut self.children {
             writeln!(child.stdin, "report {step}")?;
             child.stdin.flush()?;
         }
-        let mut merged = new_histogram();
+        let (mut merged, mut after_store) = (new_histogram(), new_histogram());
         let (mut last, mut closed) = (0u64, 0u64);
         for child in &mut self.children {
             let mut line = String::new();
             child.stdout.read_line(&mut line)?;
             let words: Vec<&str> = line.split_whitespace().collect();
-            if words.len() != 5 || words[0] != "REPORT" {
+            if words.len() != 6 || words[0] != "REPORT" {
                 bail!("bad report from a clients process: {line:?}");
             }
             last = last.max(words[2].parse()?);
             closed += words[3].parse::<u64>()?;
-            let bytes = unhex(words[4])?;
-            let histogram: Histogram<u64> = Deserializer::new()
-                .deserialize(&mut bytes.as_slice())
-                .map_err(|e| anyhow::anyhow!("deserialize histogram: {e:?}"))?;
-            merged.add(&histogram)?;
+            merged.add(&deserialized(words[4])?)?;
+            after_store.add(&deserialized(words[5])?)?;
         }
-        Ok((merged, last, closed))
+        Ok((merged, after_store, last, closed))
     }
 }
 
@@ -625,6 +651,8 @@ struct StepResult {
     p99: f64,
     p999: f64,
     max: f64,
+    /// p50 and p99 of `stored_at` → received.
+    after_store: (f64, f64),
     /// (name, CPU seconds used during the step) of each `--cpu-pid` process.
     cpu: Vec<(String, f64)>,
     window: f64,
@@ -647,6 +675,10 @@ impl StepResult {
             self.p99,
             self.p999,
             self.max,
+        );
+        println!(
+            "{label:<10} stages {:>7.0} msg/s  stored_at → received: p50 {:.2} ms, p99 {:.2} ms (the rest is Kafka → consumer → store)",
+            self.rate, self.after_store.0, self.after_store.1,
         );
         for (name, secs) in &self.cpu {
             println!(
@@ -773,7 +805,7 @@ impl Sweep<'_> {
             .sum();
         let _ = producer.flush(Duration::from_secs(10));
         tokio::time::sleep(Duration::from_secs_f64(args.grace_secs)).await;
-        let (histogram, last, closed) = fleet.report(step)?;
+        let (histogram, after_store, last, closed) = fleet.report(step)?;
         let cpu = args
             .cpu_pids
             .iter()
@@ -798,6 +830,10 @@ impl Sweep<'_> {
             p99: ms(0.99),
             p999: ms(0.999),
             max: histogram.max() as f64 / 1000.0,
+            after_store: (
+                after_store.value_at_quantile(0.5) as f64 / 1000.0,
+                after_store.value_at_quantile(0.99) as f64 / 1000.0,
+            ),
             cpu,
             window: cpu_window,
         })
