@@ -1,16 +1,15 @@
 //! The PostgreSQL log.
 //!
-//! [`Store::insert_batch`] is the only write path. In one transaction it
-//! 1. locks every channel of the batch (`for update`, in name order so two workers never
-//!    deadlock), creating the missing `channels` rows first;
-//! 2. in one statement, inserts the new messages with the next contiguous seqs (a multi-row
-//!    `unnest` insert) and advances `channels.last_seq`, optimistically assuming no id is already
-//!    stored: the unique `id` index is the check;
-//! 3. only when that index refuses an id, rolls back and does it again in a new transaction that
-//!    looks the batch's ids up first and inserts without them, so redelivered records keep their
-//!    stored row and seq.
-//!
-//! The common case is four round trips: begin, lock, insert-and-advance, commit.
+//! [`Store::insert_batch`] is the only write path. It stores a batch atomically:
+//! 1. optimistically assuming no id of the batch is stored yet, in **one statement** (one round
+//!    trip, its own transaction): advance each channel's `last_seq` by the batch's count (an
+//!    upsert that creates new channels and locks the rows in name order, so two workers never
+//!    deadlock and the second waits for the first's commit), number the messages from the old
+//!    `last_seq` in batch order, insert them (a multi-row `unnest` insert). The unique `id` index
+//!    is the check: a stored id fails the statement, which then changed nothing;
+//! 2. only then (a redelivery), in a transaction: lock the channels (`for update`, name order),
+//!    look the batch's ids up, insert the others with the next seqs and advance `last_seq`, so
+//!    redelivered records keep their stored row and seq.
 //!
 //! When PostgreSQL refuses a batch, [`Refusal::of`] tells a refusal of the content (retrying
 //! cannot help: find the record and dead-letter it) from everything else (retry).
@@ -150,23 +149,19 @@ impl Store {
         channel_names.sort_unstable();
         channel_names.dedup();
 
-        // Optimistic path: assume no id of the batch is stored yet (the common case) and insert
-        // straight away; the unique index on `id` is the check. Four round trips: begin, lock,
-        // insert and advance in one statement, commit.
-        let mut tx = self.pool.begin().await?;
-        let last_seq = lock_channels(&mut tx, &channel_names).await?;
-        let plan = Plan::new(batch, &last_seq, &HashMap::new(), stored_at);
-        match plan.write(&mut tx).await {
-            Ok(()) => {
-                tx.commit().await?;
-                return Ok(plan.outcomes);
+        // Optimistic path: assume no id of the batch is stored yet (the common case); the unique
+        // index on `id` is the check.
+        let mut ids = std::collections::HashSet::with_capacity(batch.len());
+        if batch.iter().all(|m| ids.insert(m.id)) {
+            match self.insert_new(batch, stored_at).await {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(err) if is_duplicate_id(&err) => {}
+                Err(err) => return Err(err),
             }
-            Err(err) if is_duplicate_id(&err) => tx.rollback().await?,
-            Err(err) => return Err(err),
         }
 
-        // Exact path (a redelivery): look the batch's ids up first, so duplicates keep their
-        // stored row and seq.
+        // Exact path (a redelivery, or an id repeated within the batch): look the batch's ids
+        // up first, so duplicates keep their stored row and seq.
         let mut tx = self.pool.begin().await?;
         let last_seq = lock_channels(&mut tx, &channel_names).await?;
         let ids: Vec<Uuid> = batch.iter().map(|m| m.id.0).collect();
@@ -182,6 +177,84 @@ impl Store {
         plan.write(&mut tx).await?;
         tx.commit().await?;
         Ok(plan.outcomes)
+    }
+
+    /// Stores a batch of messages none of which is stored yet, in one statement (autocommit: one
+    /// round trip). It advances each channel's `last_seq` by its count in the batch (creating
+    /// the channel at need; rows locked in name order, so two writers never deadlock), numbers
+    /// the messages from the old `last_seq` in batch order, and inserts them. An id already
+    /// stored fails the whole statement, which then changed nothing.
+    async fn insert_new(
+        &self,
+        batch: &[NewMessage],
+        stored_at: DateTime<Utc>,
+    ) -> Result<Vec<Outcome>, sqlx::Error> {
+        let mut counts: std::collections::BTreeMap<&str, i64> = Default::default();
+        for message in batch {
+            *counts.entry(message.channel.as_str()).or_default() += 1;
+        }
+        let (names, counts): (Vec<&str>, Vec<i64>) = counts.into_iter().unzip();
+        let seqs: Vec<(Uuid, i64)> = sqlx::query_as(
+            "with input as ( \
+               select * from unnest($1::text[], $2::uuid[], $3::text[], $4::text[], \
+                 $5::timestamptz[], $6::text[]) with ordinality as u(c, i, a, t, sa, ui, n) \
+             ), counts as ( \
+               select * from unnest($7::text[], $8::int8[]) as v(name, count) \
+             ), advanced as ( \
+               insert into channels as ch (name, last_seq) \
+               select name, count from counts order by name \
+               on conflict (name) do update set last_seq = ch.last_seq + excluded.last_seq \
+               returning ch.name, ch.last_seq \
+             ), numbered as ( \
+               select u.*, adv.last_seq - counts.count \
+                 + row_number() over (partition by u.c order by u.n) as s \
+               from input u join advanced adv on adv.name = u.c \
+               join counts on counts.name = u.c \
+             ), inserted as ( \
+               insert into messages (channel, seq, id, author, text, sent_at, stored_at, user_id) \
+               select c, s, i, a, t, sa, $9, ui from numbered \
+             ) \
+             select i, s from numbered order by n",
+        )
+        .bind(batch.iter().map(|m| m.channel.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|m| m.id.0).collect::<Vec<_>>())
+        .bind(batch.iter().map(|m| m.author.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|m| m.text.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|m| m.sent_at).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|m| m.user_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(&names)
+        .bind(&counts)
+        .bind(stored_at)
+        .fetch_all(&self.pool)
+        .await?;
+        let aligned =
+            seqs.len() == batch.len() && seqs.iter().zip(batch).all(|((id, _), m)| *id == m.id.0);
+        if !aligned {
+            return Err(sqlx::Error::Protocol(
+                "the batch insert returned rows that do not match the batch".into(),
+            ));
+        }
+        Ok(batch
+            .iter()
+            .zip(seqs)
+            .map(|(message, (_, seq))| {
+                Outcome::Inserted(StoredMessage {
+                    channel: message.channel.clone(),
+                    seq,
+                    id: message.id,
+                    author: message.author.clone(),
+                    text: message.text.clone(),
+                    sent_at: message.sent_at,
+                    stored_at,
+                    user_id: message.user_id.clone(),
+                })
+            })
+            .collect())
     }
 
     /// The newest `limit` messages of a channel, oldest first.
