@@ -99,7 +99,9 @@ impl KafkaPublisher {
             .set("bootstrap.servers", brokers)
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("linger.ms", "1")
+            // Interactive publishes: send at once (librdkafka still batches what queues up
+            // while a request is in flight).
+            .set("linger.ms", "0")
             .set(
                 "queue.buffering.max.kbytes",
                 queue_kbytes.max(1).to_string(),

@@ -64,6 +64,14 @@ impl Application {
             settings.kafka_producer_queue_kbytes,
         )
         .context("creating the Kafka producer")?;
+        // Warm the producer: connect to the broker and learn the topic's partitions now, not
+        // on the first client's publish.
+        let warm = publisher.clone();
+        tokio::spawn(async move {
+            if let Err(err) = warm.ping().await {
+                tracing::info!(error = %err, "kafka not reachable yet; the first publish connects");
+            }
+        });
         let hub_stop = CancellationToken::new();
         let (hub, pubsub) = Hub::new(
             &settings.redis.redis_url,
