@@ -72,8 +72,10 @@ pub struct Settings {
     #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 2000)]
     pub batch_max_records: usize,
     /// Batches processed concurrently. Partitions are spread over the lanes; one partition
-    /// always goes to the same lane, so its records stay in order.
-    #[arg(long, env = "PIPELINE_LANES", default_value_t = 4)]
+    /// always goes to the same lane, so its records stay in order. One is fastest when
+    /// PostgreSQL is near (a batch is one round trip); more overlap the round trips of a remote
+    /// one.
+    #[arg(long, env = "PIPELINE_LANES", default_value_t = 1)]
     pub pipeline_lanes: usize,
     /// Longest time a lane goes on collecting a batch while records keep arriving, in
     /// milliseconds. An upper bound, not a wait: a lane sends what is queued as soon as nothing
