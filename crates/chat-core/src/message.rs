@@ -250,6 +250,20 @@ pub fn validate_text(text: &str) -> Result<(), RejectReason> {
 }
 
 impl NewMessage {
+    /// This message as stored with `seq` at `stored_at`.
+    pub fn stored(&self, seq: i64, stored_at: DateTime<Utc>) -> StoredMessage {
+        StoredMessage {
+            channel: self.channel.clone(),
+            seq,
+            id: self.id,
+            author: self.author.clone(),
+            text: self.text.clone(),
+            sent_at: self.sent_at,
+            stored_at,
+            user_id: self.user_id.clone(),
+        }
+    }
+
     /// Parses and validates one Kafka record.
     pub fn from_record(
         key: Option<&[u8]>,

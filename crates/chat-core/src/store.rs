@@ -242,18 +242,7 @@ impl Store {
         Ok(batch
             .iter()
             .zip(seqs)
-            .map(|(message, (_, seq))| {
-                Outcome::Inserted(StoredMessage {
-                    channel: message.channel.clone(),
-                    seq,
-                    id: message.id,
-                    author: message.author.clone(),
-                    text: message.text.clone(),
-                    sent_at: message.sent_at,
-                    stored_at,
-                    user_id: message.user_id.clone(),
-                })
-            })
+            .map(|(message, (_, seq))| Outcome::Inserted(message.stored(seq, stored_at)))
             .collect())
     }
 
@@ -386,16 +375,7 @@ impl Plan {
                 .get_mut(message.channel.as_str())
                 .expect("every channel of the batch was locked");
             *counter += 1;
-            let message = StoredMessage {
-                channel: message.channel.clone(),
-                seq: *counter,
-                id: message.id,
-                author: message.author.clone(),
-                text: message.text.clone(),
-                sent_at: message.sent_at,
-                stored_at,
-                user_id: message.user_id.clone(),
-            };
+            let message = message.stored(*counter, stored_at);
             inserts += 1;
             known.insert(message.id, message.clone());
             outcomes.push(Outcome::Inserted(message));

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use chat_core::channel::ChannelName;
 use chat_core::envelope::{redis_channel, Envelope};
-use chat_core::message::{IdPrefix, NewMessage, RecordOrigin, StoredMessage};
+use chat_core::message::{IdPrefix, NewMessage, RecordOrigin};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -80,16 +80,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let seq = seqs.entry(message.channel.clone()).or_default();
         *seq += 1;
-        let stored = StoredMessage {
-            seq: *seq,
-            id: message.id,
-            author: message.author,
-            text: message.text,
-            sent_at: message.sent_at,
-            stored_at: Utc::now(),
-            user_id: message.user_id,
-            channel: message.channel,
-        };
+        let stored = message.stored(*seq, Utc::now());
         let name = redis_channel(&args.redis_prefix, &stored.channel);
         let payload = Envelope::new(stored, None).encode();
         redis::cmd("PUBLISH")
