@@ -145,23 +145,20 @@ impl Store {
             return Ok(Vec::new());
         }
         let stored_at = db_time(Utc::now());
-        let mut channel_names: Vec<&str> = batch.iter().map(|m| m.channel.as_str()).collect();
-        channel_names.sort_unstable();
-        channel_names.dedup();
 
         // Optimistic path: assume no id of the batch is stored yet (the common case); the unique
-        // index on `id` is the check.
-        let mut ids = std::collections::HashSet::with_capacity(batch.len());
-        if batch.iter().all(|m| ids.insert(m.id)) {
-            match self.insert_new(batch, stored_at).await {
-                Ok(outcomes) => return Ok(outcomes),
-                Err(err) if is_duplicate_id(&err) => {}
-                Err(err) => return Err(err),
-            }
+        // index on `id` is the check, also of an id repeated within the batch.
+        match self.insert_new(batch, stored_at).await {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(err) if is_duplicate_id(&err) => {}
+            Err(err) => return Err(err),
         }
 
         // Exact path (a redelivery, or an id repeated within the batch): look the batch's ids
         // up first, so duplicates keep their stored row and seq.
+        let mut channel_names: Vec<&str> = batch.iter().map(|m| m.channel.as_str()).collect();
+        channel_names.sort_unstable();
+        channel_names.dedup();
         let mut tx = self.pool.begin().await?;
         let last_seq = lock_channels(&mut tx, &channel_names).await?;
         let ids: Vec<Uuid> = batch.iter().map(|m| m.id.0).collect();

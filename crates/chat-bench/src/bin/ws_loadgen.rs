@@ -300,7 +300,8 @@ struct StepStats {
 
 /// The `stored_at` of a message frame, in Unix nanoseconds.
 fn stored_at_nanos(text: &str) -> Option<u64> {
-    let rest = &text[text.find("\"stored_at\":\"")? + 13..];
+    const KEY: &str = "\"stored_at\":\"";
+    let rest = &text[text.find(KEY)? + KEY.len()..];
     let stamp = chrono::DateTime::parse_from_rfc3339(&rest[..rest.find('"')?]).ok()?;
     u64::try_from(stamp.timestamp_nanos_opt()?).ok()
 }
