@@ -108,14 +108,17 @@ impl Store {
     /// Connects lazily: the pool opens connections on first use, so a service starts (and
     /// reports not-ready) while PostgreSQL is down.
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
-        let options: PgConnectOptions = url
-            .parse::<PgConnectOptions>()?
-            .log_statements(tracing::log::LevelFilter::Debug);
+        Ok(Self::connect_lazy_with(url.parse()?, max_connections))
+    }
+
+    /// [`Store::connect_lazy`] with options built by the caller (TLS files, …).
+    pub fn connect_lazy_with(options: PgConnectOptions, max_connections: u32) -> Self {
+        let options = options.log_statements(tracing::log::LevelFilter::Debug);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(3))
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Self { pool }
     }
 
     pub fn from_pool(pool: PgPool) -> Self {

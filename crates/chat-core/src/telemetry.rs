@@ -8,7 +8,10 @@
 //! own thread. The standard variables apply: `OTEL_SERVICE_NAME` (default: the binary's name),
 //! `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (e.g. `parentbased_traceidratio` and
 //! `0.01`; default `parentbased_always_on`), `OTEL_BSP_*` for the batch processor and
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_HEADERS`. Without an endpoint no
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_HEADERS` (e.g. an API key). An
+//! `https://` endpoint is verified against the system's CAs, or only against
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE`'s; `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and
+//! `OTEL_EXPORTER_OTLP_CLIENT_KEY` add a client certificate. Without an endpoint no
 //! exporter, processor or OpenTelemetry layer exists: spans are plain `tracing` spans and the
 //! per-message helpers below return `None` at once. Trace context travels as W3C
 //! `traceparent` and `tracestate` ([`TraceHeaders`]).
@@ -101,6 +104,7 @@ impl Drop for Telemetry {
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. `service` is the default `service.name`.
 /// Safe to call more than once (later calls install nothing and return an inert guard).
 pub fn init(service: &str, format: LogFormat) -> Telemetry {
+    install_tls_provider();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = log_layer(format, std::io::stderr).with_filter(filter);
 
@@ -224,10 +228,13 @@ fn service_name(default: &str) -> String {
 }
 
 fn build_provider(service: &str) -> Result<SdkTracerProvider, String> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .build()
-        .map_err(|err| err.to_string())?;
+    use opentelemetry_otlp::WithHttpConfig;
+
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
+    if let Some(client) = otlp_tls_client()? {
+        builder = builder.with_http_client(client);
+    }
+    let exporter = builder.build().map_err(|err| err.to_string())?;
     let resource = Resource::builder()
         .with_service_name(service_name(service))
         .with_attribute(KeyValue::new(
@@ -241,6 +248,72 @@ fn build_provider(service: &str) -> Result<SdkTracerProvider, String> {
         .with_max_links_per_span(MAX_LINKS as u32)
         .with_batch_exporter(exporter)
         .build())
+}
+
+/// The first of the signal-specific and the general OTLP variable that is set and not blank.
+fn otlp_env(name: &str) -> Option<String> {
+    [
+        format!("OTEL_EXPORTER_OTLP_TRACES_{name}"),
+        format!("OTEL_EXPORTER_OTLP_{name}"),
+    ]
+    .iter()
+    .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// The exporter's HTTP client when a CA bundle (`OTEL_EXPORTER_OTLP_CERTIFICATE`) or a client
+/// certificate (`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` + `OTEL_EXPORTER_OTLP_CLIENT_KEY`) is
+/// configured, each also in its `_TRACES_` form; `None` leaves the exporter's own client
+/// (system CAs). A CA bundle replaces the system's CAs for this endpoint.
+fn otlp_tls_client() -> Result<Option<otlp_reqwest::blocking::Client>, String> {
+    let ca = otlp_env("CERTIFICATE");
+    let cert = otlp_env("CLIENT_CERTIFICATE");
+    let key = otlp_env("CLIENT_KEY");
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok(None);
+    }
+    let read = |var: &str, path: &str| {
+        std::fs::read(path).map_err(|err| format!("OTEL_EXPORTER_OTLP_{var} {path}: {err}"))
+    };
+    let timeout = otlp_env("TIMEOUT")
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .map_or(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis,
+        );
+    let mut builder = otlp_reqwest::blocking::Client::builder().timeout(timeout);
+    if let Some(path) = &ca {
+        let certs = otlp_reqwest::Certificate::from_pem_bundle(&read("CERTIFICATE", path)?)
+            .map_err(|err| format!("OTEL_EXPORTER_OTLP_CERTIFICATE {path}: {err}"))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    match (&cert, &key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read("CLIENT_CERTIFICATE", cert)?;
+            pem.push(b'\n');
+            pem.extend(read("CLIENT_KEY", key)?);
+            let identity = otlp_reqwest::Identity::from_pem(&pem)
+                .map_err(|err| format!("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE {cert}: {err}"))?;
+            builder = builder.identity(identity);
+        }
+        (None, None) => {}
+        _ => return Err(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY go together"
+                .to_owned(),
+        ),
+    }
+    // A blocking client owns a runtime, which must not be built (or dropped) on an async
+    // worker thread: build it on a thread of its own, as the exporter does for its default.
+    std::thread::spawn(move || builder.build())
+        .join()
+        .map_err(|_| "building the OTLP HTTP client panicked".to_owned())?
+        .map(Some)
+        .map_err(|err| format!("building the OTLP HTTP client: {err}"))
+}
+
+/// Makes ring the process's TLS crypto provider (PostgreSQL, Redis and the OTLP exporter all
+/// use rustls). Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// True when spans are exported (an OTLP endpoint is configured and [`init`] installed it).

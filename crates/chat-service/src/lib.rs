@@ -3,6 +3,8 @@
 //!
 //! - [`args`]: clap flag groups flattened into each service's `Settings`: [`args::KafkaArgs`],
 //!   [`args::PostgresArgs`] (a secret), [`args::RedisArgs`] (a secret), [`args::LogArgs`].
+//! - [`kafka`]: the librdkafka passthrough (`KAFKA_CONFIG_*`, `KAFKA_CONFIG_FILE`) and the
+//!   properties it may not set.
 //! - [`http`]: bind the HTTP listener before anything runs (its port is known, also for port 0),
 //!   then serve a poem endpoint until a token fires, with graceful shutdown.
 //! - [`health`]: the pieces of the probe routes: `/healthz`, the timed readiness check, the
@@ -16,4 +18,5 @@
 pub mod args;
 pub mod health;
 pub mod http;
+pub mod kafka;
 pub mod metrics;

@@ -66,16 +66,21 @@ pub fn create(
     settings: &Settings,
     metrics: Metrics,
 ) -> Result<WorkerConsumer, rdkafka::error::KafkaError> {
-    let consumer: WorkerConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.kafka_brokers)
+    // The passthrough (KAFKA_CONFIG_*) may retune the timeouts below, never the guarantees:
+    // it refuses the commit, offset-store, offset-reset and isolation properties at start.
+    let consumer: WorkerConsumer = settings
+        .kafka
+        .apply(
+            ClientConfig::new()
+                .set("enable.auto.commit", "true")
+                .set("auto.commit.interval.ms", "1000")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("statistics.interval.ms", "5000")
+                .set("session.timeout.ms", "10000")
+                .set("heartbeat.interval.ms", "1000"),
+        )
         .set("group.id", &settings.kafka_group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
         .set(
             "queued.max.messages.kbytes",
             settings.kafka_fetch_queue_kbytes.max(1).to_string(),

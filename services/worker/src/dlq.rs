@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chat_core::message::RejectReason;
+use chat_service::args::KafkaArgs;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -24,13 +25,15 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(brokers: &str, topic: &str) -> Result<Self, rdkafka::error::KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
+    pub fn new(kafka: &KafkaArgs, topic: &str) -> Result<Self, rdkafka::error::KafkaError> {
+        let producer: FutureProducer = kafka
+            .apply(
+                ClientConfig::new()
+                    .set("acks", "all")
+                    .set("enable.idempotence", "true")
+                    .set("linger.ms", "5")
+                    .set("message.timeout.ms", "30000"),
+            )
             .create()?;
         Ok(Self {
             producer,

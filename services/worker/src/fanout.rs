@@ -15,12 +15,12 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
-        Ok(Self {
-            client: redis::Client::open(url)?,
+    pub fn new(client: redis::Client, prefix: &str) -> Self {
+        Self {
+            client,
             prefix: prefix.to_owned(),
             connection: Mutex::new(None),
-        })
+        }
     }
 
     async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {

@@ -8,7 +8,15 @@ use chat_worker::startup::{self, Application};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = telemetry::init("chat-worker", cli.settings.log.log_format);
-    let result = match cli.command.unwrap_or(Command::Run) {
+    let result = run(cli).await;
+    // Flushes the spans still queued (no-op when traces are not exported).
+    telemetry.shutdown();
+    result
+}
+
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    cli.settings.kafka.load()?;
+    match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => startup::migrate(&cli.settings).await,
         Command::CreateTopics {
             partitions,
@@ -18,8 +26,5 @@ async fn main() -> anyhow::Result<()> {
             let app = Application::build(cli.settings).await?;
             app.run_until_stopped(shutdown::on_signals()).await
         }
-    };
-    // Flushes the spans still queued (no-op when traces are not exported).
-    telemetry.shutdown();
-    result
+    }
 }

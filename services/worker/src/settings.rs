@@ -103,20 +103,14 @@ impl Settings {
         redis_prefix: &str,
     ) -> Self {
         Self {
-            kafka: KafkaArgs {
-                kafka_brokers: kafka_brokers.to_owned(),
-            },
+            kafka: KafkaArgs::new(kafka_brokers),
             kafka_topic: topic.to_owned(),
             kafka_dlq_topic: format!("{topic}.dlq"),
             kafka_group_id: group.to_owned(),
             kafka_fetch_queue_kbytes: 16384,
-            postgres: PostgresArgs {
-                database_url: database_url.to_owned(),
-            },
+            postgres: PostgresArgs::new(database_url),
             database_max_connections: 4,
-            redis: RedisArgs {
-                redis_url: redis_url.to_owned(),
-            },
+            redis: RedisArgs::new(redis_url),
             redis_prefix: redis_prefix.to_owned(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             batch_max_records: 500,

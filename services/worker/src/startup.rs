@@ -37,8 +37,9 @@ pub async fn create_topics(
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
 
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.kafka_brokers)
+    let admin: AdminClient<DefaultClientContext> = settings
+        .kafka
+        .apply(&mut rdkafka::ClientConfig::new())
         .create()
         .context("creating the Kafka admin client")?;
     let topics = [
@@ -84,13 +85,12 @@ impl Application {
         let metrics = Metrics::new();
         let health = Arc::new(Health::default());
         let store = settings.postgres.store(settings.database_max_connections)?;
-        let publisher = Arc::new(
-            Publisher::new(&settings.redis.redis_url, &settings.redis_prefix)
-                .context("invalid REDIS_URL")?,
-        );
-        let dead_letters =
-            DeadLetters::new(&settings.kafka.kafka_brokers, &settings.kafka_dlq_topic)
-                .context("creating the dead-letter producer")?;
+        let publisher = Arc::new(Publisher::new(
+            settings.redis.client()?,
+            &settings.redis_prefix,
+        ));
+        let dead_letters = DeadLetters::new(&settings.kafka, &settings.kafka_dlq_topic)
+            .context("creating the dead-letter producer")?;
         let consumer = Arc::new(
             consumer::create(&settings, metrics.clone()).context("creating the Kafka consumer")?,
         );

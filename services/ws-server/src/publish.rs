@@ -7,6 +7,7 @@ use std::time::Duration;
 use chat_core::channel::ChannelName;
 use chat_core::message::{validate_author, MessageId, RejectReason};
 use chat_core::telemetry;
+use chat_service::args::KafkaArgs;
 use chat_service::health::{check_blocking, CHECK_TIMEOUT};
 use chrono::{SecondsFormat, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -91,24 +92,26 @@ impl KafkaPublisher {
     /// A producer whose queue holds at most `queue_kbytes` KiB of records (and librdkafka's
     /// default 100,000 of them): a publish that finds it full fails at once.
     pub fn new(
-        brokers: &str,
+        kafka: &KafkaArgs,
         topic: &str,
         queue_kbytes: u32,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            // Interactive publishes: send at once (librdkafka still batches what queues up
-            // while a request is in flight).
-            .set("linger.ms", "0")
+        let producer: FutureProducer = kafka
+            .apply(
+                ClientConfig::new()
+                    .set("acks", "all")
+                    .set("enable.idempotence", "true")
+                    // Interactive publishes: send at once (librdkafka still batches what
+                    // queues up while a request is in flight).
+                    .set("linger.ms", "0")
+                    .set(
+                        "message.timeout.ms",
+                        DELIVERY_TIMEOUT.as_millis().to_string(),
+                    ),
+            )
             .set(
                 "queue.buffering.max.kbytes",
                 queue_kbytes.max(1).to_string(),
-            )
-            .set(
-                "message.timeout.ms",
-                DELIVERY_TIMEOUT.as_millis().to_string(),
             )
             .create()?;
         Ok(Self {

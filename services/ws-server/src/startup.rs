@@ -59,7 +59,7 @@ impl Application {
             );
         }
         let publisher = KafkaPublisher::new(
-            &settings.kafka.kafka_brokers,
+            &settings.kafka,
             &settings.kafka_topic,
             settings.kafka_producer_queue_kbytes,
         )
@@ -74,14 +74,13 @@ impl Application {
         });
         let hub_stop = CancellationToken::new();
         let (hub, pubsub) = Hub::new(
-            &settings.redis.redis_url,
+            settings.redis.client()?,
             &settings.redis_prefix,
             store.clone(),
             settings.hub_options(),
             metrics.clone(),
             hub_stop.clone(),
-        )
-        .context("invalid REDIS_URL")?;
+        );
         let timeouts = settings.admission.http_timeouts();
         let listener = HttpListener::bind(settings.http_addr)
             .await?

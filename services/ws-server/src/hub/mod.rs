@@ -140,14 +140,13 @@ impl Drop for Subscription {
 
 impl Hub {
     pub fn new(
-        redis_url: &str,
+        client: redis::Client,
         prefix: &str,
         store: Store,
         options: HubOptions,
         metrics: Metrics,
         cancel: CancellationToken,
-    ) -> Result<(Self, PubSubTask), redis::RedisError> {
-        let client = redis::Client::open(redis_url)?;
+    ) -> (Self, PubSubTask) {
         let (commands, receiver) = mpsc::unbounded_channel();
         let hub = Hub {
             inner: Arc::new(Inner {
@@ -168,7 +167,7 @@ impl Hub {
             }),
         };
         let task = PubSubTask::new(hub.clone(), client, receiver);
-        Ok((hub, task))
+        (hub, task)
     }
 
     /// True while the pub/sub connection is up.

@@ -78,18 +78,12 @@ pub struct Stack {
 
 pub fn server_settings(iso: &Isolation) -> chat_ws_server::settings::Settings {
     chat_ws_server::settings::Settings {
-        kafka: KafkaArgs {
-            kafka_brokers: kafka_brokers(),
-        },
+        kafka: KafkaArgs::new(&kafka_brokers()),
         kafka_topic: iso.topic.clone(),
         kafka_producer_queue_kbytes: 32 * 1024,
-        postgres: PostgresArgs {
-            database_url: iso.database_url.clone(),
-        },
+        postgres: PostgresArgs::new(&iso.database_url),
         database_max_connections: 8,
-        redis: RedisArgs {
-            redis_url: redis_url(),
-        },
+        redis: RedisArgs::new(&redis_url()),
         redis_prefix: iso.redis_prefix.clone(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         internal_http_addr: "127.0.0.1:0".parse().unwrap(),

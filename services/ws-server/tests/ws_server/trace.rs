@@ -8,53 +8,16 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::procs::{free_port, repo_root, wait_ready, worker_binary, Proc};
 use crate::support::{kafka_brokers, redis_url, Client, Isolation, PATIENCE};
 
 /// The first run builds the collector (a few minutes on a small machine).
 const COLLECTOR_PATIENCE: Duration = Duration::from_secs(1200);
-
-/// A child process killed (SIGKILL) when dropped, unless it already exited.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    /// SIGTERM, then wait: the services flush their spans on the way out.
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "{} exited with {status}", self.name);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{} did not stop after SIGTERM", self.name);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// A port whose successor is free too (the collector takes PORT for HTTP and PORT+1 for gRPC).
 fn free_port_pair() -> u16 {
@@ -64,57 +27,6 @@ fn free_port_pair() -> u16 {
         if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
             return port;
         }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The chat-worker binary of the same build as the chat-ws-server under test, built (or
-/// confirmed fresh) with the same command `scripts/test` uses before schemathesis, so the two
-/// share their artifacts.
-fn worker_binary() -> PathBuf {
-    let server = PathBuf::from(env!("CARGO_BIN_EXE_chat-ws-server"));
-    let profile_dir = server.parent().unwrap().to_path_buf();
-    let worker = profile_dir.join("chat-worker");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(repo_root())
-        .args([
-            "build",
-            "--locked",
-            "-p",
-            "chat-worker",
-            "-p",
-            "chat-ws-server",
-        ])
-        .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "building chat-worker failed");
-    assert!(worker.exists(), "{} missing", worker.display());
-    worker
-}
-
-async fn wait_ready(url: &str, what: &str, patience: Duration) {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + patience;
-    loop {
-        if let Ok(response) = http.get(url).send().await {
-            if response.status().is_success() {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{what} not ready at {url}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
