@@ -89,3 +89,29 @@ async fn two_replicas_keep_per_channel_order_when_one_stops_mid_stream() {
     assert!(first.terminate(GRACE).await);
     world.finish().await;
 }
+
+/// A passthrough property the guarantees depend on stops the worker at start, before it
+/// connects anywhere, with an error naming the variable and the property; a refused value is
+/// not echoed.
+#[test]
+fn a_guarantee_critical_kafka_property_is_refused_at_start() {
+    for (variable, property) in [
+        ("KAFKA_CONFIG_ENABLE_AUTO_OFFSET_STORE", "enable.auto.offset.store"),
+        ("KAFKA_CONFIG_ISOLATION_LEVEL", "isolation.level"),
+        ("KAFKA_CONFIG_ACKS", "acks"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-worker"))
+            .env("LOG_FORMAT", "text")
+            .env("KAFKA_BROKERS", "127.0.0.1:1")
+            .env(variable, "value-never-echoed")
+            .output()
+            .expect("chat-worker runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{variable}: the worker started");
+        assert!(
+            stderr.contains(&format!("{variable}: {property} cannot be set")),
+            "{variable}: {stderr}"
+        );
+        assert!(!stderr.contains("value-never-echoed"), "{stderr}");
+    }
+}
