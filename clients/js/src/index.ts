@@ -451,6 +451,9 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private readonly retryDelay: number;
 
   private ws: WebSocketLike | null = null;
+  /** Whether the current connection opened, and whether the server sent anything on it. */
+  private opened = false;
+  private answered = false;
   private attempt = 0;
   private freshToken = false;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
@@ -710,6 +713,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       return;
     }
     this.ws = ws;
+    this.opened = this.answered = false;
     ws.onopen = () => {
       if (this.ws === ws) this.onOpen();
     };
@@ -731,6 +735,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   }
 
   private onOpen(): void {
+    this.opened = true;
     this.setState({ state: "open", attempt: this.attempt });
     // The pong (or any frame) proves the server answers: then the backoff starts over.
     this.request({ command: "ping" }, { kind: "ping" });
@@ -769,7 +774,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     if (this.state === "closed") return;
     this.clearTimers();
     this.forgetConnection();
-    if (code === CloseCode.Unauthorized) this.freshToken = true;
+    // A refused token closes with 4001. A server that drops the socket right after that close
+    // can make it arrive as 1006 instead: a connection that opened and closed before the server
+    // said anything counts as a refusal too (the cost is one token fetch too many).
+    if (code === CloseCode.Unauthorized || (this.opened && !this.answered)) this.freshToken = true;
     this.scheduleReconnect(code, reason);
   }
 
@@ -851,6 +859,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       this.emit("error", new ChatError("invalid_frame", `the server sent an invalid frame: ${String(cause)}`, { cause }));
       return;
     }
+    this.answered = true;
     if (frame.type !== "error") this.attempt = 0;
     this.emit("frame", frame);
     let meta: Pending | undefined;

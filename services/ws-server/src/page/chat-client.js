@@ -206,6 +206,9 @@ export class ChatClient extends Emitter {
     ackTimeout;
     retryDelay;
     ws = null;
+    /** Whether the current connection opened, and whether the server sent anything on it. */
+    opened = false;
+    answered = false;
     attempt = 0;
     freshToken = false;
     retryTimer = null;
@@ -480,6 +483,7 @@ export class ChatClient extends Emitter {
             return;
         }
         this.ws = ws;
+        this.opened = this.answered = false;
         ws.onopen = () => {
             if (this.ws === ws)
                 this.onOpen();
@@ -502,6 +506,7 @@ export class ChatClient extends Emitter {
         return this.state === "connecting";
     }
     onOpen() {
+        this.opened = true;
         this.setState({ state: "open", attempt: this.attempt });
         // The pong (or any frame) proves the server answers: then the backoff starts over.
         this.request({ command: "ping" }, { kind: "ping" });
@@ -547,7 +552,10 @@ export class ChatClient extends Emitter {
             return;
         this.clearTimers();
         this.forgetConnection();
-        if (code === CloseCode.Unauthorized)
+        // A refused token closes with 4001. A server that drops the socket right after that close
+        // can make it arrive as 1006 instead: a connection that opened and closed before the server
+        // said anything counts as a refusal too (the cost is one token fetch too many).
+        if (code === CloseCode.Unauthorized || (this.opened && !this.answered))
             this.freshToken = true;
         this.scheduleReconnect(code, reason);
     }
@@ -639,6 +647,7 @@ export class ChatClient extends Emitter {
             this.emit("error", new ChatError("invalid_frame", `the server sent an invalid frame: ${String(cause)}`, { cause }));
             return;
         }
+        this.answered = true;
         if (frame.type !== "error")
             this.attempt = 0;
         this.emit("frame", frame);
