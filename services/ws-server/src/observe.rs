@@ -73,6 +73,8 @@ fn http_span(request: &Request, route: &'static str) -> tracing::Span {
             | "/"
             | "/docs"
             | "/openapi.json"
+            | "/asyncapi.json"
+            | "/chat-client.js"
             | "/app.js"
             | "/app.css"
     ) {
@@ -107,6 +109,8 @@ fn route_of(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
         "/openapi.json" => "/openapi.json",
+        "/asyncapi.json" => "/asyncapi.json",
+        "/chat-client.js" => "/chat-client.js",
         "/app.js" => "/app.js",
         "/app.css" => "/app.css",
         "/dev/token" => "/dev/token",

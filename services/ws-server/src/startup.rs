@@ -176,7 +176,7 @@ impl Application {
 
         let server_url = format!("http://{}", self.listener.local_addr());
         let api_service = OpenApiService::new(self.api, "chat-ws-server", env!("CARGO_PKG_VERSION"))
-            .description("History and publishing of the chat backend. The WebSocket protocol at /ws is described in docs/PROTOCOL.md.")
+            .description("History and publishing of the chat backend. The WebSocket protocol at /ws is described in docs/PROTOCOL.md and by the AsyncAPI document at /asyncapi.json.")
             .server(server_url);
         let generated = api_service.spec();
         let mut document: serde_json::Value =
@@ -207,6 +207,8 @@ impl Application {
             .at("/", get(page::index))
             .at("/app.js", get(page::script))
             .at("/app.css", get(page::style))
+            .at("/chat-client.js", get(page::client_module))
+            .at("/asyncapi.json", get(page::asyncapi))
             .at("/ws", get(upgrade::ws).data(ws_state))
             .at("/openapi.json", spec)
             .at("/docs", get(page::docs(docs_html)))

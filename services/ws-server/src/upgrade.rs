@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::future::Either;
-use futures::{FutureExt, SinkExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use poem::http::{header, StatusCode};
 use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketConfig};
 use poem::web::Data;
@@ -117,12 +117,31 @@ fn query_token(request: &Request) -> Option<String> {
         .filter(|token| !token.is_empty())
 }
 
+/// How long a refused socket waits for the client's close reply.
+const CLOSE_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// An invalid query token: the upgraded socket closes at once with 4001 and the error code.
+/// It then reads (and ignores) what the client sent meanwhile, until the client's close reply
+/// or [`CLOSE_REPLY_WAIT`]: a socket dropped with unread data is reset, and a client that had
+/// already sent a command (a `subscribe` right on open) would see 1006 instead of the 4001 that
+/// tells it to fetch a new token.
 async fn close_unauthorized(mut socket: poem::web::websocket::WebSocketStream, err: AuthError) {
     let code = CloseCode::from(CLOSE_UNAUTHORIZED);
-    let _ = socket
+    if socket
         .send(Message::Close(Some((code, err.code().to_owned()))))
-        .await;
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
     let _ = socket.close().await;
 }
 

@@ -2,6 +2,7 @@
 //! a real WebSocket client. Each test has its own database, topic and Redis prefix.
 
 mod abuse;
+mod asyncapi;
 mod auth;
 mod bad_input;
 mod delivery;
