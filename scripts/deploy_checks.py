@@ -46,7 +46,11 @@ DOCUMENTED_ENV = {
 DOCUMENTED_PORT = {"chat-worker": 8081, "chat-ws-server": 8080}
 DOCUMENTED_ROUTES = {"/healthz", "/readyz", "/metrics"}
 # Read by libraries rather than by a clap argument.
-STANDARD_ENV = {"RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
+STANDARD_ENV = {
+    "RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+}
 # The worker finishes its batch and exits within this many seconds of SIGTERM.
 WORKER_STOP_SECS = 10
 
@@ -128,6 +132,7 @@ class CodeContract:
         self.from_code = bool(self.dir and _rs_files(self.dir))
         if not self.from_code:
             self.env = DOCUMENTED_ENV[binary] | STANDARD_ENV
+            self.prefixes = set()
             self.routes = set(DOCUMENTED_ROUTES)
             self.port = DOCUMENTED_PORT[binary]
             return
@@ -138,6 +143,8 @@ class CodeContract:
         env = set(re.findall(r'\benv\s*=\s*"([A-Z][A-Z0-9_]*)"', code))
         env |= set(re.findall(r'env::var(?:_os)?\(\s*"([A-Z][A-Z0-9_]*)"', code))
         self.env = env | STANDARD_ENV
+        # Families of variables read by prefix (the Kafka passthrough, KAFKA_CONFIG_<NAME>).
+        self.prefixes = set(re.findall(r'ENV_PREFIX:\s*&str\s*=\s*"([A-Z][A-Z0-9_]*_)"', code))
         service_code = "\n".join(p.read_text() for p in _rs_files(self.dir))
         self.routes = set(re.findall(r'\.at\(\s*"(/[^"]*)"', service_code))
         self.routes |= set(re.findall(r'\bpath\s*=\s*"(/[^"]*)"', service_code))
@@ -150,6 +157,10 @@ class CodeContract:
                     m = re.search(r'default_value\s*=\s*"[^"]*:(\d+)"', attr)
                     if m:
                         setattr(self, field, int(m.group(1)))
+
+    def unknown(self, names) -> list[str]:
+        """The names the code reads neither by name nor by prefix."""
+        return sorted(n for n in names if n not in self.env and not any(n.startswith(p) for p in self.prefixes))
 
     def describe(self) -> str:
         where = f"{self.dir.relative_to(ROOT)}/src" if self.from_code else "the documented contract (no code yet)"
@@ -342,7 +353,7 @@ def cmd_chart(args) -> int:
                 if args.defaults:
                     rep.check(probe_port == c.internal_port,
                               f"{where}: default internal port {probe_port} == the code's INTERNAL_HTTP_ADDR default {c.internal_port}")
-        unknown = sorted(set(env) - c.env)
+        unknown = c.unknown(env)
         rep.check(not unknown, f"{where}: every env var is one the code reads" + (f" (unknown: {unknown})" if unknown else f" ({len(env)})"))
         for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
             p = main.get(probe)
@@ -397,7 +408,7 @@ def cmd_chart(args) -> int:
         rep.check(_binary_of(ctr) == "chat-worker" and ctr.get("args") == ["migrate"], f"migration Job runs `chat-worker migrate` ({ctr.get('command')} {ctr.get('args')})")
         env = _container_env(ctr, {}, rep, "migration Job")
         rep.check("DATABASE_URL" in env, "migration Job gets DATABASE_URL")
-        unknown = sorted(set(env) - contract("chat-worker").env)
+        unknown = contract("chat-worker").unknown(env)
         rep.check(not unknown, "migration Job: every env var is one chat-worker reads" + (f" (unknown: {unknown})" if unknown else ""))
 
     # helm test pods GET /readyz through a rendered Service port.
@@ -478,7 +489,7 @@ def cmd_compose(args) -> int:
         rep.check(str(svc.get("image", "")).split(":")[0] == "chat-stream" and svc.get("build") is not None,
                   f"{name}: image chat-stream built from the repository ({svc.get('image')}, build {svc.get('build')})")
         env = _compose_env(svc)
-        unknown = sorted(set(env) - c.env)
+        unknown = c.unknown(env)
         rep.check(not unknown, f"{name} ({binary}): every env var is one the code reads" + (f" (unknown: {unknown})" if unknown else f" ({len(env)})"))
         if svc.get("command") == ["migrate"] or svc.get("command") == "migrate":
             rep.check(binary == "chat-worker" and "DATABASE_URL" in env, f"{name}: `chat-worker migrate` with DATABASE_URL")

@@ -104,7 +104,8 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
       key: {{ .Values.secrets.databaseUrlKey }}
 {{- end -}}
 
-{{/* The two secret environment variables, from the referenced Secret. */}}
+{{/* The secret environment variables, from the referenced Secrets: the URLs, the Kafka
+passthrough properties held in Secrets, the OTLP headers; then the TLS file settings. */}}
 {{- define "chat-stream.secretEnv" -}}
 {{ include "chat-stream.databaseUrlEnv" . }}
 - name: REDIS_URL
@@ -112,6 +113,109 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
     secretKeyRef:
       name: {{ include "chat-stream.secretName" . }}
       key: {{ .Values.secrets.redisUrlKey }}
+{{- range .Values.config.kafka.secretProperties }}
+- name: {{ include "chat-stream.kafkaConfigVar" .property }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: {{ .key }}
+{{- end }}
+{{- with .Values.config.otel.headers }}
+{{- if .secret }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- include "chat-stream.tlsEnv" . }}
+{{- end -}}
+
+{{/* The variable of a librdkafka property: `sasl.password` → KAFKA_CONFIG_SASL_PASSWORD
+(`_` is written `__`, `-` is written `___`). */}}
+{{- define "chat-stream.kafkaConfigVar" -}}
+KAFKA_CONFIG_{{ . | replace "_" "__" | replace "-" "___" | replace "." "_" | upper }}
+{{- end -}}
+
+{{/* Per backing service: the settings naming its CA bundle, client certificate and key. */}}
+{{- define "chat-stream.tlsTable" -}}
+postgres: [DATABASE_CA_FILE, DATABASE_CLIENT_CERT_FILE, DATABASE_CLIENT_KEY_FILE]
+redis: [REDIS_CA_FILE, REDIS_CLIENT_CERT_FILE, REDIS_CLIENT_KEY_FILE]
+kafka: [KAFKA_CONFIG_SSL_CA_LOCATION, KAFKA_CONFIG_SSL_CERTIFICATE_LOCATION, KAFKA_CONFIG_SSL_KEY_LOCATION]
+otel: [OTEL_EXPORTER_OTLP_CERTIFICATE, OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE, OTEL_EXPORTER_OTLP_CLIENT_KEY]
+{{- end -}}
+
+{{/* Environment pointing at the mounted TLS files. */}}
+{{- define "chat-stream.tlsEnv" -}}
+{{- range $service, $vars := include "chat-stream.tlsTable" . | fromYaml }}
+{{- $tls := index $.Values.tls $service }}
+{{- if or $tls.ca.configMap $tls.ca.secret }}
+- name: {{ index $vars 0 }}
+  value: /etc/chat-stream/tls/{{ $service }}-ca/{{ $tls.ca.key | default "ca.pem" }}
+{{- end }}
+{{- if $tls.clientCert.secret }}
+- name: {{ index $vars 1 }}
+  value: /etc/chat-stream/tls/{{ $service }}-client/{{ $tls.clientCert.certKey | default "tls.crt" }}
+- name: {{ index $vars 2 }}
+  value: /etc/chat-stream/tls/{{ $service }}-client/{{ $tls.clientCert.keyKey | default "tls.key" }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* volumeMounts of the TLS files. */}}
+{{- define "chat-stream.tlsMounts" -}}
+{{- range $service, $_ := include "chat-stream.tlsTable" . | fromYaml }}
+{{- $tls := index $.Values.tls $service }}
+{{- if or $tls.ca.configMap $tls.ca.secret }}
+- name: tls-{{ $service }}-ca
+  mountPath: /etc/chat-stream/tls/{{ $service }}-ca
+  readOnly: true
+{{- end }}
+{{- if $tls.clientCert.secret }}
+- name: tls-{{ $service }}-client
+  mountPath: /etc/chat-stream/tls/{{ $service }}-client
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* volumes of the TLS files: each CA from its ConfigMap or Secret, each client certificate
+from its Secret. */}}
+{{- define "chat-stream.tlsVolumes" -}}
+{{- range $service, $_ := include "chat-stream.tlsTable" . | fromYaml }}
+{{- $tls := index $.Values.tls $service }}
+{{- with $tls.ca }}
+{{- $key := .key | default "ca.pem" }}
+{{- if .configMap }}
+- name: tls-{{ $service }}-ca
+  configMap:
+    name: {{ .configMap }}
+    items:
+      - key: {{ $key }}
+        path: {{ $key }}
+{{- else if .secret }}
+- name: tls-{{ $service }}-ca
+  secret:
+    secretName: {{ .secret }}
+    items:
+      - key: {{ $key }}
+        path: {{ $key }}
+{{- end }}
+{{- end }}
+{{- with $tls.clientCert }}
+{{- if .secret }}
+- name: tls-{{ $service }}-client
+  secret:
+    secretName: {{ .secret }}
+    items:
+      - key: {{ .certKey | default "tls.crt" }}
+        path: {{ .certKey | default "tls.crt" }}
+      - key: {{ .keyKey | default "tls.key" }}
+        path: {{ .keyKey | default "tls.key" }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Environment shared by both components (ConfigMap data). */}}
@@ -123,6 +227,9 @@ LOG_FORMAT: {{ .Values.config.logFormat | quote }}
 RUST_LOG: {{ .Values.config.rustLog | quote }}
 {{- with .Values.config.otel.endpoint }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
+{{- end }}
+{{- range $property, $value := .Values.config.kafka.properties }}
+{{ include "chat-stream.kafkaConfigVar" $property }}: {{ $value | toString | quote }}
 {{- end }}
 {{- end -}}
 

@@ -11,7 +11,7 @@ use chat_core::store::Store;
 use chat_core::telemetry::{redact_url, LogFormat};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
-use crate::kafka::{KafkaProperties, FILE_ENV};
+use crate::kafka::KafkaProperties;
 
 // No `///` on the structs: clap's derive turns a struct's doc comment into the `about` of the
 // command it is flattened into.
@@ -23,7 +23,7 @@ pub struct KafkaArgs {
     pub kafka_brokers: String,
     /// File of librdkafka `property=value` lines for every Kafka client (TLS, SASL, …);
     /// `KAFKA_CONFIG_<NAME>` variables add to it and win. Read at start; see docs/DEPLOY.md.
-    #[arg(long, env = FILE_ENV)]
+    #[arg(long, env = "KAFKA_CONFIG_FILE")]
     pub kafka_config_file: Option<PathBuf>,
     /// The passthrough properties, read by [`KafkaArgs::load`].
     #[arg(skip)]
