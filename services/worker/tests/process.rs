@@ -96,7 +96,10 @@ async fn two_replicas_keep_per_channel_order_when_one_stops_mid_stream() {
 #[test]
 fn a_guarantee_critical_kafka_property_is_refused_at_start() {
     for (variable, property) in [
-        ("KAFKA_CONFIG_ENABLE_AUTO_OFFSET_STORE", "enable.auto.offset.store"),
+        (
+            "KAFKA_CONFIG_ENABLE_AUTO_OFFSET_STORE",
+            "enable.auto.offset.store",
+        ),
         ("KAFKA_CONFIG_ISOLATION_LEVEL", "isolation.level"),
         ("KAFKA_CONFIG_ACKS", "acks"),
     ] {
