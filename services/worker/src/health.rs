@@ -62,7 +62,8 @@ async fn readyz(Data(probes): Data<&Probes>) -> Response {
 }
 
 /// Kafka is ready when partitions are assigned, or else when the broker answers a metadata
-/// request for the topic (an idle replica beyond the partition count is still healthy).
+/// request showing the topic with partitions (an idle replica beyond the partition count is
+/// still healthy; a missing topic is not: the worker would wait forever for records).
 async fn kafka_ready(consumer: Arc<WorkerConsumer>, topic: String) -> Result<(), String> {
     if consumer
         .assignment()
@@ -72,9 +73,29 @@ async fn kafka_ready(consumer: Arc<WorkerConsumer>, topic: String) -> Result<(),
         return Ok(());
     }
     check_blocking(move || {
-        consumer
+        let metadata = consumer
             .fetch_metadata(Some(&topic), CHECK_TIMEOUT)
-            .map(|_| ())
+            .map_err(|err| err.to_string())?;
+        topic_state(&topic, metadata.topics().iter().find(|t| t.name() == topic))
     })
     .await
+}
+
+fn topic_state(
+    topic: &str,
+    found: Option<&rdkafka::metadata::MetadataTopic>,
+) -> Result<(), String> {
+    match found {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+        Some(t) => match t.error() {
+            Some(err) => Err(format!(
+                "topic {topic}: {} (create it: chat-worker create-topics)",
+                rdkafka::types::RDKafkaErrorCode::from(err)
+            )),
+            None => Err(format!("topic {topic} has no partitions")),
+        },
+        None => Err(format!(
+            "topic {topic} does not exist (create it: chat-worker create-topics)"
+        )),
+    }
 }

@@ -430,3 +430,29 @@ async fn trace_headers_travel_to_the_envelope_verbatim_when_the_worker_exports_n
     worker.stop().await;
     world.finish().await;
 }
+
+/// A worker whose input topic does not exist says so on /readyz (503, naming the topic and
+/// the command that creates it) instead of waiting silently for records that cannot come;
+/// once the topic exists it turns ready and consumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_input_topic_is_reported_until_it_exists() {
+    let world = World::new(1).await;
+    let mut settings = world.settings();
+    let missing = chat_testkit::unique("chat.missing");
+    settings.kafka_topic = missing.clone();
+    let worker = InProcessWorker::start(settings).await;
+    let (status, body) = worker.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&format!("topic {missing}")) && body.contains("create-topics"),
+        "{body}"
+    );
+    chat_testkit::kafka::create_topic(&world.services.kafka_brokers, &missing, 1).await;
+    assert!(
+        eventually(SETTLE, || async { worker.get("/readyz").await.0 == 200 }).await,
+        "ready once the topic exists"
+    );
+    worker.stop().await;
+    chat_testkit::kafka::delete_topics(&world.services.kafka_brokers, &[&missing]).await;
+    world.finish().await;
+}
