@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use clap::Parser;
 
 use chat_core::{shutdown, telemetry};
@@ -17,7 +19,9 @@ async fn main() -> anyhow::Result<()> {
 async fn run(mut cli: Cli) -> anyhow::Result<()> {
     cli.settings.kafka.load()?;
     match cli.command.unwrap_or(Command::Run) {
-        Command::Migrate => startup::migrate(&cli.settings).await,
+        Command::Migrate { wait_secs } => {
+            startup::migrate(&cli.settings, Duration::from_secs(wait_secs)).await
+        }
         Command::CreateTopics {
             partitions,
             replication,

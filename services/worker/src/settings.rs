@@ -25,7 +25,12 @@ pub enum Command {
     /// Consume, store and publish (the default).
     Run,
     /// Apply pending database migrations, then exit. Run once per release, not per replica.
-    Migrate,
+    Migrate {
+        /// Seconds to wait for PostgreSQL to accept connections before giving up (a
+        /// migration Job or one-shot container may start before the database does).
+        #[arg(long, env = "MIGRATE_WAIT_SECS", default_value_t = 120)]
+        wait_secs: u64,
+    },
     /// Create the input and dead-letter topics if they do not exist, then exit.
     CreateTopics {
         /// Partitions of the input topic (the upper bound of useful worker replicas).

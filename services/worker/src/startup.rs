@@ -18,8 +18,21 @@ use crate::readiness::Health;
 use crate::settings::Settings;
 
 /// Applies pending migrations (the `migrate` subcommand).
-pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+pub async fn migrate(settings: &Settings, wait: Duration) -> anyhow::Result<()> {
     let store = settings.postgres.store(1)?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(250);
+    while let Err(err) = store.ping().await {
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(err).context(format!(
+                "PostgreSQL not reachable after {} s (MIGRATE_WAIT_SECS)",
+                wait.as_secs()
+            ));
+        }
+        tracing::info!(error = %err, "PostgreSQL not reachable yet; migrations wait");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
     tracing::info!(database = %settings.postgres.redacted(), "applying migrations");
     store.migrate().await.context("migrations failed")?;
     tracing::info!("migrations applied");

@@ -118,3 +118,51 @@ fn a_guarantee_critical_kafka_property_is_refused_at_start() {
         assert!(!stderr.contains("value-never-echoed"), "{stderr}");
     }
 }
+
+/// `chat-worker migrate` started before PostgreSQL (a migration Job racing the database's
+/// start) waits for it, and gives up with a clear error after MIGRATE_WAIT_SECS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_waits_for_postgresql_then_gives_up_clearly() {
+    use chat_testkit::chaos::{url_addr, url_via, ChaosProxy};
+
+    let services = chat_testkit::Services::from_env();
+    let db = chat_testkit::TestDatabase::create(&services).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let late_url = url_via(&db.url, port);
+    let migrate = |url: &str, wait: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-worker"))
+            .arg("migrate")
+            .env("LOG_FORMAT", "text")
+            .env("DATABASE_URL", url)
+            .env("MIGRATE_WAIT_SECS", wait)
+            .output()
+    };
+
+    let nobody = migrate(&late_url, "1").await.unwrap();
+    let stderr = String::from_utf8_lossy(&nobody.stderr);
+    assert!(!nobody.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("PostgreSQL not reachable after 1 s"),
+        "{stderr}"
+    );
+
+    let waiting = tokio::spawn(migrate(&late_url, "60"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !waiting.is_finished(),
+        "migrate waits while nothing listens"
+    );
+    let _proxy = ChaosProxy::start_on(port, url_addr(&db.url)).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("migrate finishes once PostgreSQL answers")
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    assert!(stderr.contains("migrations applied"), "{stderr}");
+    db.drop_database().await;
+}
