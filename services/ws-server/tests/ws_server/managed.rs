@@ -9,7 +9,6 @@
 //! as a deployment configures them.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -226,6 +225,48 @@ async fn stored(store: &chat_core::store::Store) -> i64 {
         .unwrap()
 }
 
+/// Runs a worker that Kafka refuses (`command` says why) until its /readyz answers 503 with
+/// the Kafka check failing and its log holds `expected`; stops it and returns the log.
+async fn refused_worker(mut command: Command, log_path: &Path, expected: &str) -> String {
+    let port = free_port();
+    let worker = Proc {
+        name: "chat-worker (refused by Kafka)",
+        child: command
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .stderr(std::fs::File::create(log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    };
+    let http = reqwest::Client::new();
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    eventually(
+        &format!("the worker logs {expected:?} and is not ready"),
+        || {
+            let (http, readyz) = (http.clone(), readyz.clone());
+            async move {
+                let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                let Ok(response) = http.get(&readyz).send().await else {
+                    return false;
+                };
+                response.status() == 503 && log.contains(expected)
+            }
+        },
+    )
+    .await;
+    let body: serde_json::Value = http
+        .get(&readyz)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["status"], "not_ready", "{body}");
+    assert_ne!(body["checks"]["kafka"], "ok", "{body}");
+    drop(worker);
+    std::fs::read_to_string(log_path).unwrap()
+}
+
 /// Polls `check` every 200 ms until it returns true, or fails with `what`.
 async fn eventually<F: std::future::Future<Output = bool>>(
     what: &str,
@@ -369,53 +410,13 @@ async fn tls_and_credentials_for_every_backing_service_end_to_end() {
     }
 
     let wrong = format!("wrong-{}", uuid::Uuid::new_v4().simple());
-    let worker_log = scratch.join("worker-wrong-password.log");
-    let worker_port = free_port();
-    let worker = Proc {
-        name: "chat-worker (wrong password)",
-        child: worker_command(&[
-            ("KAFKA_CONFIG_SASL_PASSWORD", &wrong),
-            ("HTTP_ADDR", &format!("127.0.0.1:{worker_port}")),
-        ])
-        .stderr(std::fs::File::create(&worker_log).unwrap())
-        .spawn()
-        .unwrap(),
-    };
-    let http = reqwest::Client::new();
-    let readyz = format!("http://127.0.0.1:{worker_port}/readyz");
-    eventually(
-        "the worker logs the SASL failure and reports not ready",
-        || {
-            let http = http.clone();
-            let readyz = readyz.clone();
-            let worker_log = worker_log.clone();
-            async move {
-                let log = std::fs::read_to_string(&worker_log).unwrap_or_default();
-                let Ok(response) = http.get(&readyz).send().await else {
-                    return false;
-                };
-                response.status() == 503 && log.contains("Authentication failed")
-            }
-        },
+    let log = refused_worker(
+        worker_command(&[("KAFKA_CONFIG_SASL_PASSWORD", &wrong)]),
+        &scratch.join("worker-wrong-password.log"),
+        "Authentication failed",
     )
     .await;
-    let body: serde_json::Value = http
-        .get(&readyz)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(body["status"], "not_ready", "{body}");
-    assert_ne!(body["checks"]["kafka"], "ok", "{body}");
     assert_eq!(stored(&store).await, 0, "nothing stored without Kafka");
-    drop(worker);
-    let mut log = String::new();
-    std::fs::File::open(&worker_log)
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
     for secret in [&password, &wrong] {
         assert!(
             !log.contains(secret.as_str()),
@@ -426,6 +427,14 @@ async fn tls_and_credentials_for_every_backing_service_end_to_end() {
         log.contains("sasl.password"),
         "the start-up log names the passthrough properties:\n{log}"
     );
+    let other_ca = other.file("ca.pem");
+    refused_worker(
+        worker_command(&[("KAFKA_CONFIG_SSL_CA_LOCATION", other_ca.to_str().unwrap())]),
+        &scratch.join("worker-wrong-ca.log"),
+        "certificate verify failed",
+    )
+    .await;
+    assert_eq!(stored(&store).await, 0, "nothing stored without Kafka");
 
     // The right password: every record waiting in Kafka is stored.
     let worker_port = free_port();
@@ -507,7 +516,7 @@ async fn tls_and_credentials_for_every_backing_service_end_to_end() {
     assert_eq!(live["type"], "message", "{live}");
     assert_eq!(live["message"]["seq"], BEFORE as i64 + 1, "{live}");
     assert_eq!(live["message"]["text"], "over tls", "{live}");
-    let page: serde_json::Value = http
+    let page: serde_json::Value = reqwest::Client::new()
         .get(format!(
             "http://127.0.0.1:{server_port}/channels/%23managed/messages?limit=100"
         ))
