@@ -294,27 +294,18 @@ async fn tls_and_credentials_for_every_backing_service_end_to_end() {
         database_url.ends_with("sslmode=verify-full"),
         "{database_url}"
     );
+    let refusal = |args: PostgresArgs| async move {
+        args.store(1).unwrap().ping().await.unwrap_err().to_string()
+    };
     let plain = PostgresArgs::new(&database_url.replace("verify-full", "disable"));
-    let err = plain
-        .store(1)
-        .unwrap()
-        .ping()
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refusal(plain).await;
     assert!(
         err.contains("pg_hba.conf"),
         "a plain connection is refused: {err}"
     );
     let mut postgres = PostgresArgs::new(&database_url);
     postgres.database_ca_file = Some(other.file("ca.pem"));
-    let err = postgres
-        .store(1)
-        .unwrap()
-        .ping()
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refusal(postgres.clone()).await;
     assert!(
         err.contains("UnknownIssuer"),
         "another CA's server is refused: {err}"
