@@ -214,7 +214,8 @@ mod tests {
         let gauges = ReadinessGauges::new(&registry);
         assert!(registry.render().contains("chat_test_ready 0"));
 
-        let (status, _) = answer(gauges.respond(false, [("kafka", Ok(())), ("redis", Ok(()))])).await;
+        let (status, _) =
+            answer(gauges.respond(false, [("kafka", Ok(())), ("redis", Ok(()))])).await;
         assert_eq!(status, 200);
         let text = registry.render();
         assert!(text.contains("chat_test_ready 1"), "{text}");
