@@ -204,7 +204,10 @@ def cmd_yaml_syntax(args) -> int:
 # (the schemas ship in the kubernetes-validate package), strict: unknown fields are errors.
 # Kinds without a schema fail, except the CRD kinds listed in SKIP_KINDS (no CRD schema offline).
 
-SKIP_KINDS = {"ServiceMonitor": "Prometheus Operator CRD: no schema offline"}
+SKIP_KINDS = {
+    "ServiceMonitor": "Prometheus Operator CRD: no schema offline",
+    "PrometheusRule": "Prometheus Operator CRD: no schema offline; its rules go through promtool",
+}
 
 
 def cmd_k8s_schema(args) -> int:
@@ -423,7 +426,7 @@ def cmd_chart(args) -> int:
 
     # Every rendered kind is one this chart means to produce.
     expected = {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "Job", "Pod",
-                "HorizontalPodAutoscaler", "Ingress", "ServiceMonitor", "Secret"}
+                "HorizontalPodAutoscaler", "Ingress", "ServiceMonitor", "PrometheusRule", "Secret"}
     for kind in sorted(set(by_kind) - expected):
         rep.fail(f"unexpected kind {kind}")
     for sec in by_kind.get("Secret", []):
@@ -568,6 +571,207 @@ def cmd_skaffold(args) -> int:
     return rep.done()
 
 
+# ---------------------------------------------------------------------------------------------
+# metric-names: every metric the chart's Grafana dashboard and PrometheusRule query is one the
+# code exports. The exported names are read from the Rust sources: each service's
+# `Registry::new("<prefix>")` and the register calls (`.counter("name", "help"[, &["label"]])`,
+# `.gauge`, `.histogram` and their `_vec` forms, and closures wrapping them) in its src/, plus
+# those of crates/chat-service types the service constructs (`ReadinessGauges::new`); test
+# modules (from `#[cfg(test)]` on) do not count. A histogram `h` is queried as `h_bucket`
+# (label `le`), `h_sum` and `h_count`, never as `h`.
+
+REGISTER_KINDS = {"counter": "counter", "counter_vec": "counter", "gauge": "gauge",
+                  "gauge_vec": "gauge", "histogram": "histogram", "histogram_vec": "histogram"}
+# Labels Prometheus adds to every scraped series (ServiceMonitor / Kubernetes service discovery).
+TARGET_LABELS = {"namespace", "pod", "job", "instance", "service", "container", "endpoint"}
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
+                   "unless", "bool", "offset", "inf", "nan", "atan2"}
+_STRING = r'"(?:[^"\\]|\\.)*"'
+
+
+def _non_test(path: Path) -> str:
+    return path.read_text().split("#[cfg(test)]", 1)[0]
+
+
+def _registrations(code: str) -> list[tuple[int, str, str, set]]:
+    """(offset, name, kind, labels) of every register call in `code`."""
+    aliases = {m.group(1): REGISTER_KINDS[m.group(2)] for m in re.finditer(
+        r"let\s+(\w+)\s*=\s*\|[^|]*\|\s*\w+\.(counter|counter_vec|gauge|gauge_vec|histogram|histogram_vec)\(", code)}
+    found = []
+    call = re.compile(r"(?:\.(\w+)|\b(\w+))\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"\s*,\s*" + _STRING
+                      + r"\s*(?:,\s*&\[([^\]]*)\])?", re.S)
+    for m in call.finditer(code):
+        method, function, name, labels = m.groups()
+        kind = REGISTER_KINDS.get(method) if method else aliases.get(function)
+        if kind:
+            found.append((m.start(), name, kind, set(re.findall(r'"([^"]+)"', labels or ""))))
+    return found
+
+
+def exported_metrics(rep: Report) -> dict[str, dict]:
+    """Full metric name -> {"kind", "labels", "binary"} of every metric the services export."""
+    shared: dict[str, list] = {}
+    for path in _rs_files(ROOT / "crates" / "chat-service"):
+        code = _non_test(path)
+        for offset, name, kind, labels in _registrations(code):
+            impls = re.findall(r"\bimpl(?:<[^>]*>)?\s+(\w+)", code[:offset])
+            if not impls:
+                rep.warn(f"{path.relative_to(ROOT)}: {name} is registered outside an impl block; not attributed")
+                continue
+            shared.setdefault(impls[-1], []).append((name, kind, labels))
+    metrics: dict[str, dict] = {}
+    for binary in BINARIES:
+        d = service_dir(binary)
+        if not d or not _rs_files(d):
+            rep.fail(f"{binary}: no sources to read its metrics from")
+            continue
+        code = "\n".join(_non_test(p) for p in _rs_files(d))
+        prefixes = set(re.findall(r'Registry::new\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"\s*\)', code))
+        if len(prefixes) != 1:
+            rep.fail(f"{binary}: expected one Registry::new(\"prefix\") in its sources, found {sorted(prefixes)}")
+            continue
+        prefix = prefixes.pop()
+        regs = [(n, k, l) for _, n, k, l in _registrations(code)]
+        for type_name, type_regs in shared.items():
+            if re.search(rf"\b{type_name}::new\(", code):
+                regs += type_regs
+        for name, kind, labels in regs:
+            metrics[f"{prefix}_{name}"] = {"kind": kind, "labels": labels, "binary": binary}
+        rep.ok(f"{binary}: {len(regs)} metrics exported with prefix {prefix}_ "
+               f"({sum(1 for _, k, _ in regs if k == 'histogram')} histograms)")
+    return metrics
+
+
+def promql_selectors(expr: str) -> list[tuple[str, set]]:
+    """(metric name, label names matched) of every series selector in a PromQL expression."""
+    text = re.sub(_STRING + r"|'(?:[^'\\]|\\.)*'|`[^`]*`", '""', expr)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", text)
+    found = []
+    for m in re.finditer(r"(?<![\w:$.])([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^{}]*\})?(\s*\()?", text):
+        name, matchers, call = m.groups()
+        if call or name.lower() in PROMQL_KEYWORDS:
+            continue
+        labels = set(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", matchers or ""))
+        found.append((name, labels))
+    for m in re.finditer(r"(?<![\w:])\{([^{}]*)\}", text):  # {__name__="..."} selectors
+        if "__name__" in m.group(1):
+            found.append(("__name__", set()))
+    return found
+
+
+def check_expr(expr: str, where: str, metrics: dict, rep: Report) -> None:
+    selectors = promql_selectors(expr)
+    if not selectors:
+        rep.fail(f"{where}: no metric found in {expr!r}")
+        return
+    for name, labels in selectors:
+        if name == "__name__":
+            rep.fail(f"{where}: a __name__ matcher cannot be checked against the code: {expr!r}")
+            continue
+        base, suffix = name, ""
+        m = re.fullmatch(r"(.+)_(bucket|sum|count)", name)
+        if name not in metrics and m and metrics.get(m.group(1), {}).get("kind") == "histogram":
+            base, suffix = m.group(1), m.group(2)
+        info = metrics.get(base)
+        if info is None:
+            rep.fail(f"{where}: {name} is not exported by the code (no register call with that name)")
+            continue
+        if info["kind"] == "histogram" and not suffix:
+            rep.fail(f"{where}: {name} is a histogram: query {name}_bucket, _sum or _count")
+            continue
+        allowed = info["labels"] | TARGET_LABELS | ({"le"} if suffix == "bucket" else set())
+        unknown = sorted(labels - allowed)
+        if unknown:
+            rep.fail(f"{where}: {name} has no label {', '.join(unknown)} (it has {sorted(info['labels'])})")
+            continue
+        rep.ok(f"{where}: {name}")
+
+
+def _template_query(q) -> str | None:
+    """The PromQL of a Grafana query variable (label_values(<selector>, label) or an expression)."""
+    if isinstance(q, dict):
+        q = q.get("query")
+    if not isinstance(q, str) or not q.strip():
+        return None
+    m = re.fullmatch(r"\s*label_values\(\s*(.+),\s*\w+\s*\)\s*", q, re.S)
+    if m:
+        return m.group(1)
+    m = re.fullmatch(r"\s*(?:query_result|metrics)\((.*)\)\s*", q, re.S)
+    return m.group(1) if m else q
+
+
+def check_dashboard(dashboard: dict, where: str, metrics: dict, rep: Report) -> int:
+    n = 0
+
+    def walk(panels):
+        nonlocal n
+        for panel in panels or []:
+            for target in panel.get("targets") or []:
+                expr = target.get("expr")
+                if expr:
+                    n += 1
+                    check_expr(expr, f"{where}: panel {panel.get('title')!r} {target.get('refId')}", metrics, rep)
+            walk(panel.get("panels"))
+
+    walk(dashboard.get("panels"))
+    for var in (dashboard.get("templating") or {}).get("list") or []:
+        if var.get("type") == "query":
+            expr = _template_query(var.get("query"))
+            if expr:
+                n += 1
+                check_expr(expr, f"{where}: variable ${var.get('name')}", metrics, rep)
+    return n
+
+
+def _rendered_monitoring(files) -> tuple[list, list]:
+    """(dashboards as (where, json), rule groups as (where, group)) in rendered manifests."""
+    dashboards, groups = [], []
+    for f in files:
+        for doc in load_docs(Path(f)):
+            name = f"{Path(f).name}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+            if doc.get("kind") == "ConfigMap":
+                for key, value in (doc.get("data") or {}).items():
+                    if key.endswith(".json"):
+                        dashboards.append((f"{name} {key}", json.loads(value)))
+            elif doc.get("kind") == "PrometheusRule":
+                for group in (doc.get("spec") or {}).get("groups") or []:
+                    groups.append((name, group))
+    return dashboards, groups
+
+
+def cmd_metric_names(args) -> int:
+    rep = Report("dashboard and alert metrics vs the code")
+    metrics = exported_metrics(rep)
+    if rep.failures:
+        return rep.done()
+    dashboards, groups = _rendered_monitoring(args.rendered)
+    for f in args.dashboard:
+        dashboards.append((f, json.loads(Path(f).read_text())))
+    if args.require and not (dashboards and groups):
+        rep.fail(f"expected a dashboard ConfigMap and a PrometheusRule in {args.rendered}; "
+                 f"found {len(dashboards)} dashboards, {len(groups)} rule groups")
+    for where, dashboard in dashboards:
+        n = check_dashboard(dashboard, where, metrics, rep)
+        rep.check(n > 0, f"{where}: {n} queries checked")
+    for where, group in groups:
+        for rule in group.get("rules") or []:
+            label = rule.get("alert") or rule.get("record")
+            check_expr(str(rule.get("expr", "")), f"{where}: {group.get('name')}/{label}", metrics, rep)
+    return rep.done()
+
+
+def cmd_extract_rules(args) -> int:
+    """Writes the rule groups of the PrometheusRules in the rendered manifests as a Prometheus
+    rule file (for promtool)."""
+    _, groups = _rendered_monitoring([args.rendered])
+    if not groups:
+        print(f"  FAIL  no PrometheusRule in {args.rendered}")
+        return 1
+    Path(args.out).write_text(yaml.safe_dump({"groups": [g for _, g in groups]}, sort_keys=False, width=200))
+    print(f"  ok    {len(groups)} rule groups, {sum(len(g.get('rules') or []) for _, g in groups)} rules -> {args.out}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -581,6 +785,12 @@ def main() -> int:
     p = sub.add_parser("compose"); p.add_argument("file"); p.add_argument("--schema", required=True); p.set_defaults(fn=cmd_compose)
     p = sub.add_parser("skaffold"); p.add_argument("file"); p.add_argument("--schema-dir", required=True)
     p.add_argument("--rendered", nargs="+", default=[]); p.set_defaults(fn=cmd_skaffold)
+    p = sub.add_parser("metric-names"); p.add_argument("rendered", nargs="*", default=[])
+    p.add_argument("--dashboard", action="append", default=[], help="a dashboard JSON file to check too")
+    p.add_argument("--require", action="store_true", help="fail unless the rendered files hold a dashboard and rules")
+    p.set_defaults(fn=cmd_metric_names)
+    p = sub.add_parser("extract-rules"); p.add_argument("rendered"); p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_extract_rules)
     args = ap.parse_args()
     try:
         return args.fn(args)

@@ -5,6 +5,11 @@
 //! - `/readyz`: every dependency reachable and not draining: the checks are run with [`check`]
 //!   (or [`check_blocking`]) and answered with [`readiness`].
 //! - `/metrics`: the Prometheus text of a registry: [`metrics`].
+//!
+//! The outcome of the readiness checks is also exported as gauges ([`ReadinessGauges`]:
+//! `<prefix>_ready` and `<prefix>_dependency_up{dependency}`), kept current by `/readyz` and by
+//! a background re-evaluation every [`READINESS_REFRESH`] ([`refresh_readiness`]), so that they
+//! are right also where nothing probes `/readyz` (docker compose).
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,9 +17,14 @@ use std::time::Duration;
 use poem::http::StatusCode;
 use poem::web::Json;
 use poem::{handler, Endpoint, IntoResponse, Response};
+use prometheus::{IntGauge, IntGaugeVec};
 use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Registry;
+
+/// How often [`refresh_readiness`] re-runs the readiness checks.
+pub const READINESS_REFRESH: Duration = Duration::from_secs(10);
 
 /// How long one readiness check may take before it counts as failed.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -73,6 +83,90 @@ pub fn readiness<'a>(
     Json(body).with_status(status).into_response()
 }
 
+/// The readiness of a service as gauges: `<prefix>_ready` (1 when `/readyz` would answer 200,
+/// else 0) and `<prefix>_dependency_up{dependency}` (1 when that check passed, else 0; one
+/// series per check name).
+#[derive(Debug, Clone)]
+pub struct ReadinessGauges {
+    ready: IntGauge,
+    dependency_up: IntGaugeVec,
+}
+
+impl ReadinessGauges {
+    /// Registers `ready` and `dependency_up` in `registry`. Until the first evaluation `ready`
+    /// is 0: not known to be ready.
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            ready: registry.gauge(
+                "ready",
+                "1 when the service is ready (what /readyz answers with 200), else 0",
+            ),
+            dependency_up: registry.gauge_vec(
+                "dependency_up",
+                "1 when the readiness check of this dependency passed at the last evaluation, else 0",
+                &["dependency"],
+            ),
+        }
+    }
+
+    /// Records one evaluation; returns whether the service is ready (not draining and every
+    /// check passed).
+    pub fn record(&self, draining: bool, checks: &[(&str, Result<(), String>)]) -> bool {
+        let mut ready = !draining;
+        for (name, result) in checks {
+            ready &= result.is_ok();
+            self.dependency_up
+                .with_label_values(&[name])
+                .set(i64::from(result.is_ok()));
+        }
+        self.ready.set(i64::from(ready));
+        ready
+    }
+
+    /// [`ReadinessGauges::record`], then the `/readyz` answer of [`readiness`].
+    pub fn respond<'a>(
+        &self,
+        draining: bool,
+        checks: impl IntoIterator<Item = (&'a str, Result<(), String>)>,
+    ) -> Response {
+        let checks: Vec<_> = checks.into_iter().collect();
+        self.record(draining, &checks);
+        readiness(draining, checks)
+    }
+
+    /// The current value of `<prefix>_ready`.
+    pub fn is_ready(&self) -> bool {
+        self.ready.get() == 1
+    }
+}
+
+/// Runs `evaluate` (which runs the readiness checks and records them in the gauges) now and
+/// then every `period` until `stop` is cancelled.
+pub fn refresh_readiness<F, Fut>(
+    period: Duration,
+    stop: CancellationToken,
+    mut evaluate: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = evaluate() => {}
+            }
+        }
+    })
+}
+
 /// `/metrics`: the Prometheus text exposition of `registry` (mount it under `get`).
 pub fn metrics(registry: Registry) -> impl Endpoint<Output = Response> {
     poem::endpoint::make_sync(move |_| {
@@ -112,6 +206,61 @@ mod tests {
         let (status, body) = answer(readiness(false, failing)).await;
         assert_eq!(status, 503);
         assert_eq!(body["checks"], json!({"postgresql": "ok", "kafka": "down"}));
+    }
+
+    #[tokio::test]
+    async fn the_gauges_follow_each_evaluation() {
+        let registry = Registry::new("chat_test");
+        let gauges = ReadinessGauges::new(&registry);
+        assert!(registry.render().contains("chat_test_ready 0"));
+
+        let (status, _) =
+            answer(gauges.respond(false, [("kafka", Ok(())), ("redis", Ok(()))])).await;
+        assert_eq!(status, 200);
+        let text = registry.render();
+        assert!(text.contains("chat_test_ready 1"), "{text}");
+        assert!(
+            text.contains("chat_test_dependency_up{dependency=\"redis\"} 1"),
+            "{text}"
+        );
+
+        let down = [("kafka", Ok(())), ("redis", Err("refused".to_owned()))];
+        assert!(!gauges.record(false, &down));
+        let text = registry.render();
+        assert!(text.contains("chat_test_ready 0"), "{text}");
+        assert!(
+            text.contains("chat_test_dependency_up{dependency=\"redis\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chat_test_dependency_up{dependency=\"kafka\"} 1"),
+            "{text}"
+        );
+
+        assert!(!gauges.record(true, &[("kafka", Ok(()))]), "draining");
+        assert!(!gauges.is_ready());
+    }
+
+    #[tokio::test]
+    async fn refresh_readiness_evaluates_at_once_and_then_periodically_until_stopped() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let counted = Arc::clone(&runs);
+        let task = refresh_readiness(Duration::from_millis(20), stop.clone(), move || {
+            let counted = Arc::clone(&counted);
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        stop.cancel();
+        task.await.unwrap();
+        let seen = runs.load(Ordering::SeqCst);
+        assert!(seen >= 3, "ran {seen} times");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), seen, "stopped");
     }
 
     #[tokio::test]

@@ -8,7 +8,8 @@
 //! - [`http`]: bind the HTTP listener before anything runs (its port is known, also for port 0),
 //!   then serve a poem endpoint until a token fires, with graceful shutdown.
 //! - [`health`]: the pieces of the probe routes: `/healthz`, the timed readiness check, the
-//!   `/readyz` body and status from named checks, and the `/metrics` endpoint.
+//!   `/readyz` body and status from named checks, the readiness gauges (`<prefix>_ready`,
+//!   `<prefix>_dependency_up`) with their background re-evaluation, and the `/metrics` endpoint.
 //! - [`metrics`]: [`metrics::Registry`], a prefixed Prometheus registry with register helpers
 //!   and the text rendering.
 //!

@@ -1,6 +1,8 @@
 //! `/healthz` (liveness: the process answers), `/readyz` (Kafka, PostgreSQL and Redis reachable,
 //! no dependency failing the pipeline, not draining) and `/metrics` (Prometheus text), built
-//! from the pieces of [`chat_service::health`].
+//! from the pieces of [`chat_service::health`]. The same checks feed the readiness gauges
+//! (`chat_worker_ready`, `chat_worker_dependency_up`), also re-run in the background by
+//! [`Probes::refresh`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,28 +39,43 @@ pub fn routes(probes: Probes) -> impl poem::Endpoint {
         .data(probes)
 }
 
-#[handler]
-async fn readyz(Data(probes): Data<&Probes>) -> Response {
-    let draining = probes.health.draining.load(Ordering::Relaxed);
-    let pipeline = if probes.health.dependencies_ok.load(Ordering::Relaxed) {
-        Ok(())
-    } else {
-        Err("retrying".to_owned())
-    };
-    let (postgres, redis, kafka) = tokio::join!(
-        check(probes.store.ping()),
-        check(probes.publisher.ping()),
-        kafka_ready(probes.consumer.clone(), probes.topic.clone()),
-    );
-    health::readiness(
-        draining,
-        [
+type Checks = [(&'static str, Result<(), String>); 4];
+
+impl Probes {
+    /// Runs the readiness checks: whether the worker is draining, and each check's outcome.
+    async fn evaluate(&self) -> (bool, Checks) {
+        let draining = self.health.draining.load(Ordering::Relaxed);
+        let pipeline = if self.health.dependencies_ok.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("retrying".to_owned())
+        };
+        let (postgres, redis, kafka) = tokio::join!(
+            check(self.store.ping()),
+            check(self.publisher.ping()),
+            kafka_ready(self.consumer.clone(), self.topic.clone()),
+        );
+        let checks = [
             ("pipeline", pipeline),
             ("postgresql", postgres),
             ("redis", redis),
             ("kafka", kafka),
-        ],
-    )
+        ];
+        (draining, checks)
+    }
+
+    /// Runs the readiness checks and records them in the readiness gauges (the background
+    /// refresh, for when nothing calls `/readyz`).
+    pub async fn refresh(&self) {
+        let (draining, checks) = self.evaluate().await;
+        self.metrics.readiness.record(draining, &checks);
+    }
+}
+
+#[handler]
+async fn readyz(Data(probes): Data<&Probes>) -> Response {
+    let (draining, checks) = probes.evaluate().await;
+    probes.metrics.readiness.respond(draining, checks)
 }
 
 /// Kafka is ready when partitions are assigned, or else when the broker answers a metadata

@@ -1,6 +1,7 @@
 //! The worker's Prometheus metrics. One registry per [`crate::startup::Application`], so tests
 //! can run several workers in one process.
 
+use chat_service::health::ReadinessGauges;
 use chat_service::metrics::Registry;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
 
@@ -18,6 +19,9 @@ pub struct Metrics {
     pub batch_duration: Histogram,
     pub step_duration: HistogramVec,
     pub consumer_lag: IntGaugeVec,
+    /// `chat_worker_ready` and `chat_worker_dependency_up{dependency}`: what `/readyz` computes
+    /// (dependencies `pipeline`, `postgresql`, `redis`, `kafka`).
+    pub readiness: ReadinessGauges,
 }
 
 impl Metrics {
@@ -70,6 +74,7 @@ impl Metrics {
                 "Records behind the partition's high watermark (from librdkafka statistics)",
                 &["topic", "partition"],
             ),
+            readiness: ReadinessGauges::new(&r),
             registry: r,
         }
     }

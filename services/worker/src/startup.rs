@@ -162,6 +162,16 @@ impl Application {
             Duration::from_secs(1),
         );
 
+        let probes = self.probes.clone();
+        let readiness = chat_service::health::refresh_readiness(
+            chat_service::health::READINESS_REFRESH,
+            http_stop.clone(),
+            move || {
+                let probes = probes.clone();
+                async move { probes.refresh().await }
+            },
+        );
+
         let health = Arc::clone(&self.probes.health);
         let draining = shutdown.clone();
         tokio::spawn(async move {
@@ -180,6 +190,7 @@ impl Application {
         .await;
 
         http_stop.cancel();
+        let _ = readiness.await;
         server.finished().await?;
         tracing::info!("chat-worker stopped");
         Ok(())

@@ -454,5 +454,54 @@ async fn a_missing_input_topic_is_reported_until_it_exists() {
     );
     worker.stop().await;
     chat_testkit::kafka::delete_topics(&world.services.kafka_brokers, &[&missing]).await;
+
+/// The value of an unlabelled or fully labelled series in the `/metrics` text, if present.
+fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_gauges_follow_a_redis_outage_without_anyone_calling_readyz() {
+    let world = World::new(1).await;
+    let proxy = ChaosProxy::start(url_addr(&world.services.redis_url)).await;
+    let mut settings = world.settings();
+    settings.redis.redis_url = url_via(&world.services.redis_url, proxy.addr());
+    let worker = InProcessWorker::start(settings).await;
+    // Only `/metrics` is read below: the gauges must move by the background re-evaluation.
+    let gauges = || async {
+        let (status, metrics) = worker.get("/metrics").await;
+        assert_eq!(status, 200);
+        let value = |series: &str| metric_value(&metrics, series);
+        (
+            value("chat_worker_ready"),
+            value(r#"chat_worker_dependency_up{dependency="redis"}"#),
+            value(r#"chat_worker_dependency_up{dependency="postgresql"}"#),
+            value(r#"chat_worker_dependency_up{dependency="kafka"}"#),
+        )
+    };
+    let all_up = (Some(1.0), Some(1.0), Some(1.0), Some(1.0));
+    assert!(
+        eventually(SETTLE, || async { gauges().await == all_up }).await,
+        "ready and every dependency up: {:?}",
+        gauges().await
+    );
+
+    proxy.cut();
+    let redis_down = (Some(0.0), Some(0.0), Some(1.0), Some(1.0));
+    assert!(
+        eventually(SETTLE, || async { gauges().await == redis_down }).await,
+        "not ready, Redis down, the others up: {:?}",
+        gauges().await
+    );
+
+    proxy.restore();
+    assert!(
+        eventually(SETTLE, || async { gauges().await == all_up }).await,
+        "ready again once Redis is back: {:?}",
+        gauges().await
+    );
+    worker.stop().await;
     world.finish().await;
 }

@@ -1,6 +1,7 @@
 //! The ws-server's Prometheus metrics. One registry per [`crate::startup::Application`], so
 //! tests can run several servers in one process.
 
+use chat_service::health::ReadinessGauges;
 use chat_service::metrics::Registry;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
@@ -35,6 +36,9 @@ pub struct Metrics {
     pub payload_too_large: IntCounter,
     pub connections_refused: IntCounterVec,
     pub rest_rate_limited: IntCounterVec,
+    /// `chat_ws_ready` and `chat_ws_dependency_up{dependency}`: what `/readyz` computes
+    /// (dependencies `postgresql`, `redis`, `kafka`).
+    pub readiness: ReadinessGauges,
 }
 
 impl Metrics {
@@ -139,6 +143,7 @@ impl Metrics {
                 "REST requests refused with 429, by operation (read, write)",
                 &["operation"],
             ),
+            readiness: ReadinessGauges::new(&r),
             registry: r,
         }
     }

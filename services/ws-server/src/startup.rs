@@ -117,6 +117,7 @@ impl Application {
             store: store.clone(),
             hub: hub.clone(),
             publisher: publisher.clone(),
+            metrics: metrics.clone(),
         };
         let api = ChatApi {
             gate,
@@ -173,6 +174,15 @@ impl Application {
         let pubsub = tokio::spawn(self.pubsub.run(self.hub_stop.clone()));
         let forget_idle =
             tokio::spawn(Arc::clone(&self.admission).forget_idle_until(self.hub_stop.clone()));
+        let probes = self.probes.clone();
+        let readiness = health::refresh_readiness(
+            health::READINESS_REFRESH,
+            self.hub_stop.clone(),
+            move || {
+                let probes = probes.clone();
+                async move { probes.refresh().await }
+            },
+        );
 
         let server_url = format!("http://{}", self.listener.local_addr());
         let api_service = OpenApiService::new(self.api, "chat-ws-server", env!("CARGO_PKG_VERSION"))
@@ -263,6 +273,7 @@ impl Application {
         self.hub_stop.cancel();
         let _ = pubsub.await;
         let _ = forget_idle.await;
+        let _ = readiness.await;
         server.finished().await?;
         internal.finished().await?;
         tracing::info!("chat-ws-server stopped");

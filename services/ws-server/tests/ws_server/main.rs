@@ -9,6 +9,7 @@ mod delivery;
 mod edge;
 mod idempotent;
 mod managed;
+mod observability;
 mod poison;
 mod process;
 mod procs;
