@@ -454,6 +454,8 @@ async fn a_missing_input_topic_is_reported_until_it_exists() {
     );
     worker.stop().await;
     chat_testkit::kafka::delete_topics(&world.services.kafka_brokers, &[&missing]).await;
+    world.finish().await;
+}
 
 /// The value of an unlabelled or fully labelled series in the `/metrics` text, if present.
 fn metric_value(metrics: &str, series: &str) -> Option<f64> {
