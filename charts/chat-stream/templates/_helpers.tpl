@@ -259,7 +259,7 @@ HISTORY_CACHE_MESSAGES: {{ .Values.wsServer.config.historyCacheMessages | quote 
 CHANNEL_LINGER_SECS: {{ .Values.wsServer.config.channelLingerSecs | quote }}
 HISTORY_CACHE_WATCHED_CHANNELS: {{ .Values.wsServer.config.historyCacheWatchedChannels | quote }}
 WS_MAX_SUBSCRIPTIONS: {{ .Values.wsServer.config.maxSubscriptions | quote }}
-WS_OUTBOUND_QUEUE_BYTES: {{ .Values.wsServer.config.outboundQueueBytes | quote }}
+WS_OUTBOUND_QUEUE_BYTES: {{ .Values.wsServer.config.outboundQueueBytes | int64 | quote }}
 WS_WRITE_TIMEOUT_SECS: {{ .Values.wsServer.config.writeTimeoutSecs | quote }}
 WS_PUBLISH_RATE: {{ .Values.wsServer.config.publishRate | quote }}
 WS_PUBLISH_BURST: {{ .Values.wsServer.config.publishBurst | quote }}
