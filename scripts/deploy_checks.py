@@ -358,6 +358,10 @@ def cmd_chart(args) -> int:
                               f"{where}: default internal port {probe_port} == the code's INTERNAL_HTTP_ADDR default {c.internal_port}")
         unknown = c.unknown(env)
         rep.check(not unknown, f"{where}: every env var is one the code reads" + (f" (unknown: {unknown})" if unknown else f" ({len(env)})"))
+        # Helm reads YAML numbers as float64: a large integer rendered without `int64` comes out
+        # as "1.048576e+06", which the binaries refuse at start (found on a real cluster).
+        floaty = sorted(k for k, v in env.items() if re.fullmatch(r"[-+]?[0-9.]+e[-+]?[0-9]+", str(v)))
+        rep.check(not floaty, f"{where}: no env value in float exponent notation" + (f" ({floaty})" if floaty else ""))
         for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
             p = main.get(probe)
             if not rep.check(bool(p and p.get("httpGet")), f"{where}: {probe} is an httpGet probe"):

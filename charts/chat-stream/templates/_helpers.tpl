@@ -229,6 +229,10 @@ RUST_LOG: {{ .Values.config.rustLog | quote }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 {{- end }}
 {{- range $property, $value := .Values.config.kafka.properties }}
+{{- /* YAML numbers arrive as floats: 52428800 would render as 5.24288e+07. */}}
+{{- if and (kindIs "float64" $value) (eq $value (float64 (int64 $value))) }}
+{{- $value = int64 $value }}
+{{- end }}
 {{ include "chat-stream.kafkaConfigVar" $property }}: {{ $value | toString | quote }}
 {{- end }}
 {{- end -}}
@@ -259,7 +263,7 @@ HISTORY_CACHE_MESSAGES: {{ .Values.wsServer.config.historyCacheMessages | quote 
 CHANNEL_LINGER_SECS: {{ .Values.wsServer.config.channelLingerSecs | quote }}
 HISTORY_CACHE_WATCHED_CHANNELS: {{ .Values.wsServer.config.historyCacheWatchedChannels | quote }}
 WS_MAX_SUBSCRIPTIONS: {{ .Values.wsServer.config.maxSubscriptions | quote }}
-WS_OUTBOUND_QUEUE_BYTES: {{ .Values.wsServer.config.outboundQueueBytes | quote }}
+WS_OUTBOUND_QUEUE_BYTES: {{ .Values.wsServer.config.outboundQueueBytes | int64 | quote }}
 WS_WRITE_TIMEOUT_SECS: {{ .Values.wsServer.config.writeTimeoutSecs | quote }}
 WS_PUBLISH_RATE: {{ .Values.wsServer.config.publishRate | quote }}
 WS_PUBLISH_BURST: {{ .Values.wsServer.config.publishBurst | quote }}
