@@ -133,11 +133,6 @@ impl ReadinessGauges {
         self.record(draining, &checks);
         readiness(draining, checks)
     }
-
-    /// The current value of `<prefix>_ready`.
-    pub fn is_ready(&self) -> bool {
-        self.ready.get() == 1
-    }
 }
 
 /// Runs `evaluate` (which runs the readiness checks and records them in the gauges) now and
@@ -238,7 +233,7 @@ mod tests {
         );
 
         assert!(!gauges.record(true, &[("kafka", Ok(()))]), "draining");
-        assert!(!gauges.is_ready());
+        assert!(registry.render().contains("chat_test_ready 0"), "draining");
     }
 
     #[tokio::test]

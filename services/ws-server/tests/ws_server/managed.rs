@@ -253,18 +253,16 @@ async fn refused_worker(mut command: Command, log_path: &Path, expected: &str) -
         },
     )
     .await;
-    let body: serde_json::Value = http
-        .get(&readyz)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(&readyz).await;
     assert_eq!(body["status"], "not_ready", "{body}");
     assert_ne!(body["checks"]["kafka"], "ok", "{body}");
     drop(worker);
     std::fs::read_to_string(log_path).unwrap()
+}
+
+/// GET `url` and parse its JSON body.
+async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
 /// Polls `check` every 200 ms until it returns true, or fails with `what`.
@@ -507,16 +505,10 @@ async fn tls_and_credentials_for_every_backing_service_end_to_end() {
     assert_eq!(live["type"], "message", "{live}");
     assert_eq!(live["message"]["seq"], BEFORE as i64 + 1, "{live}");
     assert_eq!(live["message"]["text"], "over tls", "{live}");
-    let page: serde_json::Value = reqwest::Client::new()
-        .get(format!(
-            "http://127.0.0.1:{server_port}/channels/%23managed/messages?limit=100"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = get_json(&format!(
+        "http://127.0.0.1:{server_port}/channels/%23managed/messages?limit=100"
+    ))
+    .await;
     assert_eq!(
         page["messages"].as_array().map(Vec::len),
         Some(BEFORE + 1),
