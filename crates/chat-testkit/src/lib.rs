@@ -7,10 +7,12 @@
 //! - [`kafka`]: topic creation, producing, committed offsets.
 //! - [`redis_tap`]: a pattern subscriber collecting every envelope under a prefix.
 //! - [`chaos`]: a TCP proxy that can cut a dependency and bring it back.
+//! - [`ports`]: free ports for child processes, outside the kernel's ephemeral range.
 //! - [`tls`]: a throwaway CA with server and client certificates, for the TLS tests.
 
 pub mod chaos;
 pub mod kafka;
+pub mod ports;
 pub mod redis_tap;
 pub mod tls;
 

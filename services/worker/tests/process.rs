@@ -127,10 +127,7 @@ async fn migrate_waits_for_postgresql_then_gives_up_clearly() {
 
     let services = chat_testkit::Services::from_env();
     let db = chat_testkit::TestDatabase::create(&services).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port = std::net::SocketAddr::from(([127, 0, 0, 1], chat_testkit::ports::free_port()));
     let late_url = url_via(&db.url, port);
     let migrate = |url: &str, wait: &str| {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-worker"))

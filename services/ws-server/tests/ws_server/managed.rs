@@ -9,7 +9,7 @@
 //! as a deployment configures them.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -39,15 +39,7 @@ struct TlsServices {
 impl TlsServices {
     fn start(dir: &Path, pki: &TestPki, password: &str) -> Self {
         // Kafka takes its port, +1 (controller) and +3 (its own plain listener).
-        let kafka_port = loop {
-            let port = free_port();
-            let taken = [1, 3]
-                .iter()
-                .any(|offset| TcpListener::bind(("127.0.0.1", port + offset)).is_err());
-            if port < u16::MAX - 3 && !taken {
-                break port;
-            }
-        };
+        let kafka_port = chat_testkit::ports::free_ports(4);
         let script_env: Vec<(String, String)> = [
             ("SERVICES_DIR", dir.display().to_string()),
             ("PGPORT", free_port().to_string()),

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,11 +15,9 @@ pub struct ServerProcess {
     pub internal_addr: SocketAddr,
 }
 
-/// A port free right now on 127.0.0.1.
+/// A free port on 127.0.0.1, outside the ephemeral range (see `chat_testkit::ports`).
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
+    SocketAddr::from(([127, 0, 0, 1], chat_testkit::ports::free_port()))
 }
 
 impl ServerProcess {

@@ -1,7 +1,6 @@
 //! Child processes of the real binaries, for the tests that need a process of their own
 //! (a global telemetry subscriber, the environment variables as the binaries read them).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -45,13 +44,7 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use chat_testkit::ports::free_port;
 
 /// The chat-worker binary of the same build as the chat-ws-server under test, built (or
 /// confirmed fresh) with the same command `scripts/test` uses before schemathesis, so the two

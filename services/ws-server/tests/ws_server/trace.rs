@@ -7,7 +7,7 @@
 //! debug exporter dumps every span; the test parses that dump.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,17 +18,6 @@ use crate::support::{kafka_brokers, redis_url, Client, Isolation, PATIENCE};
 
 /// The first run builds the collector (a few minutes on a small machine).
 const COLLECTOR_PATIENCE: Duration = Duration::from_secs(1200);
-
-/// A port whose successor is free too (the collector takes PORT for HTTP and PORT+1 for gRPC).
-fn free_port_pair() -> u16 {
-    loop {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
 
 async fn wait_listening(addr: SocketAddr, collector: &mut Proc) {
     let deadline = Instant::now() + COLLECTOR_PATIENCE;
@@ -132,7 +121,8 @@ async fn one_trace_links_the_publish_the_worker_and_the_delivery() {
     let scratch = std::env::temp_dir().join(format!("chat-trace-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&scratch).unwrap();
     let dump_path = scratch.join("spans.log");
-    let otlp_port = free_port_pair();
+    // The collector takes PORT for HTTP and PORT+1 for gRPC.
+    let otlp_port = chat_testkit::ports::free_ports(2);
     let mut collector = Proc {
         name: "otelcol",
         child: Command::new(repo_root().join("scripts/otelcol"))
