@@ -22,7 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::procs::{free_port, repo_root, wait_ready, worker_binary, Proc};
+use crate::procs::{free_port, poll_client, repo_root, wait_ready, worker_binary, Proc};
 use crate::support::{Client, PATIENCE};
 
 const CHANNEL: &str = "#managed";
@@ -229,7 +229,7 @@ async fn refused_worker(mut command: Command, log_path: &Path, expected: &str) -
             .spawn()
             .unwrap(),
     };
-    let http = reqwest::Client::new();
+    let http = poll_client();
     let readyz = format!("http://127.0.0.1:{port}/readyz");
     eventually(
         &format!("the worker logs {expected:?} and is not ready"),
@@ -254,7 +254,14 @@ async fn refused_worker(mut command: Command, log_path: &Path, expected: &str) -
 
 /// GET `url` and parse its JSON body.
 async fn get_json(url: &str) -> serde_json::Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
+    poll_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Polls `check` every 200 ms until it returns true, or fails with `what`.

@@ -49,8 +49,9 @@ impl ServerProcess {
         };
         let ready = format!("http://{internal_addr}/readyz");
         let deadline = tokio::time::Instant::now() + PATIENCE;
+        let http = crate::procs::poll_client();
         loop {
-            if let Ok(response) = reqwest::get(&ready).await {
+            if let Ok(response) = http.get(&ready).send().await {
                 if response.status().is_success() {
                     return server;
                 }

@@ -75,8 +75,18 @@ pub fn worker_binary() -> PathBuf {
     worker
 }
 
+/// An HTTP client for polling child processes. Every request has a deadline: a port picked for a
+/// child can end up held by something that accepts and never answers (a race that lost), and a
+/// poll without one would wait there forever instead of failing.
+pub fn poll_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client")
+}
+
 pub async fn wait_ready(url: &str, what: &str, patience: Duration) {
-    let http = reqwest::Client::new();
+    let http = poll_client();
     let deadline = Instant::now() + patience;
     loop {
         if let Ok(response) = http.get(url).send().await {
