@@ -231,23 +231,26 @@ impl History {
 /// Keeps the messages of `page` that fit in `budget` bytes of JSON (at least one): the newest
 /// when `keep_newest`, else the oldest.
 fn cut(page: &mut Vec<Shared>, budget: usize, keep_newest: bool) {
-    let mut bytes = 0;
-    let mut fits = |message: &&Shared| {
-        bytes += message.json.get().len() + 1;
-        bytes <= budget
-    };
-    let keep = if keep_newest {
-        page.iter().rev().take_while(&mut fits).count()
-    } else {
-        page.iter().take_while(&mut fits).count()
-    }
-    .max(1)
-    .min(page.len());
     if keep_newest {
+        let keep = fitting(page.iter().rev(), budget);
         page.drain(..page.len() - keep);
     } else {
-        page.truncate(keep);
+        page.truncate(fitting(page.iter(), budget));
     }
+}
+
+/// How many of `messages`, taken in order, fit in `budget` bytes of a JSON list; at least one
+/// when there is one (a single message is always far below a budget).
+pub fn fitting<'a>(messages: impl ExactSizeIterator<Item = &'a Shared>, budget: usize) -> usize {
+    let len = messages.len();
+    let mut bytes = 0;
+    let fit = messages
+        .take_while(|message| {
+            bytes += message.json.get().len() + 1;
+            bytes <= budget
+        })
+        .count();
+    fit.max(1).min(len)
 }
 
 #[cfg(test)]
@@ -257,7 +260,8 @@ mod tests {
 
     #[test]
     fn a_page_too_large_keeps_the_end_its_cursors_continue_from() {
-        let one = page(1..=1)[0].json.get().len() + 1;
+        // The largest of the ten (seq 10 has one more digit, twice).
+        let one = page(10..=10)[0].json.get().len() + 1;
         let mut newest = page(1..=10);
         cut(&mut newest, 3 * one + 10, true);
         assert_eq!(newest.iter().map(|m| m.seq).collect::<Vec<_>>(), [8, 9, 10]);

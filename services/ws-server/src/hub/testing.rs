@@ -5,18 +5,21 @@ use crate::outbox::{Closer, Inbox, Outbox};
 use crate::recent::Shared;
 use chat_core::channel::ChannelName;
 use chat_core::message::{MessageId, StoredMessage};
-use chrono::Utc;
+use chrono::{TimeZone, Utc};
 
-/// Message `seq` of channel `room`.
+/// Message `seq` of channel `room`. Its times are fixed: JSON of `Utc::now()` has 0 to 9
+/// fractional digits depending on the clock, and tests measure frames in bytes.
 pub fn stored(seq: i64) -> StoredMessage {
+    let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+        + chrono::Duration::nanoseconds(123_456_789);
     StoredMessage {
         channel: ChannelName::parse("room").unwrap(),
         seq,
         id: MessageId(uuid::Uuid::nil()),
         author: "ada".to_owned(),
         text: format!("message {seq}"),
-        sent_at: Utc::now(),
-        stored_at: Utc::now(),
+        sent_at: at,
+        stored_at: at,
         user_id: None,
     }
 }

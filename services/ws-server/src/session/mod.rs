@@ -388,7 +388,7 @@ impl Session {
             reply_to: id,
         };
         let budget = MAX_FRAME_BYTES.saturating_sub(around.to_json().len() + 32);
-        let (head, tail) = messages.split_at(fitting(&messages, budget));
+        let (head, tail) = messages.split_at(crate::history::fitting(messages.iter(), budget));
         let frame = ServerFrame::Subscribed {
             channel: &channel,
             messages: JsonList(head),
@@ -580,18 +580,4 @@ impl Session {
     async fn send(&self, frame: String) {
         self.outbox.push(Frame::from(frame)).await;
     }
-}
-
-/// How many of the first `messages` fit in `budget` bytes of a JSON list; at least one (a
-/// single message is always far below the budget).
-fn fitting(messages: &[crate::recent::Shared], budget: usize) -> usize {
-    let mut bytes = 0;
-    let fit = messages
-        .iter()
-        .take_while(|message| {
-            bytes += message.json.get().len() + 1;
-            bytes <= budget
-        })
-        .count();
-    fit.max(1).min(messages.len())
 }
