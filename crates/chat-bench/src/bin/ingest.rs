@@ -314,7 +314,7 @@ async fn run_worker(
     topic: &str,
     expected: usize,
 ) -> anyhow::Result<(Duration, u64)> {
-    let port = free_port()?;
+    let port = chat_testkit::ports::free_port();
     let mut command = Command::new(worker_binary()?);
     command
         .env("KAFKA_BROKERS", &services.kafka_brokers)
@@ -400,12 +400,6 @@ async fn fetch_metrics(port: u16) -> Option<String> {
     let mut body = String::new();
     stream.read_to_string(&mut body).await.ok()?;
     Some(body)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 struct KillOnDrop(Child);
