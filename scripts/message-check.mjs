@@ -1,16 +1,17 @@
 // scripts/message-check.mjs — one message path checked end to end against a deployed stack, for
-// scripts/container-test, scripts/compose-test and scripts/k8s chat-check.
+// scripts/container-test, scripts/compose-test and scripts/k8s chat-check (run it through
+// scripts/message-check, which gives Node the WebSocket flag it needs).
 //
 // A development token (POST /dev/token), a WebSocket subscribed to CHANNEL; then a record produced
 // straight to Kafka and a message POSTed to the REST API (which produces to Kafka) must both come
 // back on the socket as `message` frames (Kafka -> chat-worker -> PostgreSQL + Redis -> ws-server),
 // and REST history must return both.
 //
+// Arguments: the command that produces to the topic; it reads one `key<TAB>value` line on stdin
+// (kcat -K '\t' -P, or kafka-console-producer.sh with parse.key=true and key.separator=<TAB>, in
+// a pod or a container).
 // Environment:
 //   BASE      the ws-server's public URL, e.g. http://127.0.0.1:8080
-//   PRODUCE   a JSON array: the command (argv) that produces to the topic; it reads one
-//             `key<TAB>value` line on stdin (kcat -K '\t' -P, or kafka-console-producer.sh with
-//             parse.key=true and key.separator=<TAB>, in a pod or a container)
 //   CHANNEL   the channel (default #message-check)
 //   LABEL     the prefix of the log lines (default message-check)
 //   RUN_ID    makes the texts unique (default: the time)
@@ -21,7 +22,7 @@ const env = process.env;
 const label = env.LABEL || "message-check";
 const channel = env.CHANNEL || "#message-check";
 const runId = env.RUN_ID || `${Date.now()}`;
-const produce = JSON.parse(env.PRODUCE || "null");
+const produce = process.argv.slice(2);
 const texts = [`kafka ${runId}`, `rest ${runId}`];
 const want = [...texts];
 
@@ -29,7 +30,7 @@ const fail = (message) => {
   console.error(`[${label}] FAIL: ${message}`);
   process.exit(1);
 };
-if (!env.BASE || !Array.isArray(produce)) fail("BASE and PRODUCE (a JSON argv array) are required");
+if (!env.BASE || !produce.length) fail("usage: BASE=URL message-check PRODUCER-COMMAND...");
 setTimeout(() => fail(`timed out waiting for ${JSON.stringify(want)}`), 75000).unref();
 
 const r = await fetch(`${env.BASE}/dev/token`, {

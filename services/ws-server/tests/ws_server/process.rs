@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use crate::support::{kafka_brokers, redis_url, Isolation, PATIENCE};
 
@@ -48,20 +47,8 @@ impl ServerProcess {
             internal_addr,
         };
         let ready = format!("http://{internal_addr}/readyz");
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        let http = crate::procs::poll_client();
-        loop {
-            if let Ok(response) = http.get(&ready).send().await {
-                if response.status().is_success() {
-                    return server;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "chat-ws-server never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::procs::wait_ready(&ready, "chat-ws-server", PATIENCE).await;
+        server
     }
 
     /// A `kB` field of the process's `/proc/<pid>/status` (`VmRSS`: resident now, `VmHWM`:
